@@ -1,0 +1,47 @@
+//! The control API: one JSON request and one JSON response per line, over a unix socket that
+//! only root can open (its directory is 0700, the socket 0600).
+
+mod client;
+mod server;
+
+use serde::{Deserialize, Serialize};
+
+pub use client::{ClientError, call};
+pub use server::{ApiCall, ServerError, serve};
+
+use crate::dataplane::ServiceStatus;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    SetWeight {
+        service: String,
+        percent: f64,
+    },
+    /// Remove every program, link and pin, then exit.
+    Detach,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Status {
+        version: String,
+        cgroup: String,
+        pin_dir: String,
+        config: String,
+        services: Vec<ServiceStatus>,
+    },
+    Weight {
+        service: String,
+        previous_percent: f64,
+        percent: f64,
+    },
+    Detached {
+        removed: usize,
+    },
+    Error {
+        message: String,
+    },
+}

@@ -1,0 +1,119 @@
+//! Command line: one file per subcommand.
+
+mod check;
+mod detach;
+mod run;
+mod status;
+mod weight;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::DEFAULT_API_SOCKET;
+
+/// Exit codes (sysexits.h), so scripts and probes can tell failures apart.
+pub mod exit {
+    /// Bad configuration or arguments.
+    pub const USAGE: u8 = 64;
+    /// The daemon is not reachable.
+    pub const UNAVAILABLE: u8 = 69;
+    /// Any other failure.
+    pub const SOFTWARE: u8 = 70;
+    /// Needs root.
+    pub const NOPERM: u8 = 77;
+}
+
+/// sluice steers a share of new TCP connections to a service's virtual address to its canary
+/// backends, in the kernel, at connect() time, for every process in a cgroup v2 subtree.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format of `sluice run` (logs go to stderr; filter with RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the node daemon: validate the config, attach the programs (or re-adopt pinned
+    /// ones), keep the maps in line with the config (reloads on SIGHUP and when the file
+    /// changes) and serve the control socket. SIGTERM leaves steering in place.
+    Run {
+        /// Configuration file (YAML).
+        #[arg(long, short, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file without root and without a daemon. Exits 64 if invalid.
+    Check {
+        #[arg(long, short, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Show each service's virtual addresses, share, backends and steering counters.
+    Status {
+        /// Only this service.
+        service: Option<String>,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+        /// The daemon's control socket.
+        #[arg(long, default_value = DEFAULT_API_SOCKET, env = "SLUICE_SOCKET")]
+        socket: PathBuf,
+    },
+    /// Set a service's canary share now (percent, 0 to 100, up to 4 decimals). New
+    /// connections see it at once; open ones keep their backend. Kept until the
+    /// configuration's own share for the service changes.
+    Weight {
+        service: String,
+        percent: f64,
+        #[arg(long, default_value = DEFAULT_API_SOCKET, env = "SLUICE_SOCKET")]
+        socket: PathBuf,
+    },
+    /// Remove every program, link and pin: steering stops. Asks a running daemon to do it
+    /// (and exit); without one, removes the pins itself.
+    Detach {
+        #[arg(long, default_value = crate::config::DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+        #[arg(long, default_value = DEFAULT_API_SOCKET, env = "SLUICE_SOCKET")]
+        socket: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => run::run(&config, cli.log_format),
+        Command::Check { config } => check::check(&config),
+        Command::Status {
+            service,
+            output,
+            socket,
+        } => status::status(&socket, service.as_deref(), output),
+        Command::Weight {
+            service,
+            percent,
+            socket,
+        } => weight::weight(&socket, &service, percent),
+        Command::Detach { pin_path, socket } => detach::detach(&pin_path, &socket),
+    }
+}
+
+/// Prints an error with its causes to stderr and returns `code`.
+fn fail(code: u8, e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("sluice: {}", crate::error_chain(e));
+    ExitCode::from(code)
+}

@@ -1,0 +1,38 @@
+use std::{path::Path, process::ExitCode};
+
+use tracing_subscriber::EnvFilter;
+
+use super::{LogFormat, exit, fail};
+use crate::daemon::{self, DaemonError};
+
+pub fn run(path: &Path, format: LogFormat) -> ExitCode {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    // Validate everything before anything else happens.
+    let config = match crate::config::parse(path) {
+        Ok(c) => c,
+        Err(e) => return fail(exit::USAGE, &e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(exit::SOFTWARE, &e),
+    };
+    match runtime.block_on(daemon::run(path.to_owned(), config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ DaemonError::NotRoot) => fail(exit::NOPERM, &e),
+        Err(e @ DaemonError::Config(_)) => fail(exit::USAGE, &e),
+        Err(e) => {
+            tracing::error!(error = %crate::error_chain(&e), "sluice failed");
+            ExitCode::from(exit::SOFTWARE)
+        }
+    }
+}

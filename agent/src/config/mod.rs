@@ -1,0 +1,68 @@
+//! The configuration file: one YAML document, made to live in a ConfigMap.
+//!
+//! [`raw`] is the file's shape (serde, unknown keys rejected); [`validate`] turns it into a
+//! [`Config`] whose every value has been checked, or an error naming the key. Nothing touches
+//! the kernel before a whole file has validated.
+
+mod error;
+mod raw;
+mod validate;
+
+use std::{net::SocketAddr, path::PathBuf};
+
+pub use error::ConfigError;
+pub use validate::{parse, parse_str, percent_to_ppm_checked};
+
+/// Default directory for pins (maps and links) under bpffs.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/sluice";
+/// Default control socket.
+pub const DEFAULT_API_SOCKET: &str = "/run/sluice/sluice.sock";
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// cgroup v2 directory the programs attach to (every process below it is steered).
+    pub cgroup: PathBuf,
+    pub pin_path: PathBuf,
+    pub api_socket: PathBuf,
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub virtual_addresses: Vec<SocketAddr>,
+    pub selection: Selection,
+    /// Canary share in parts per million.
+    pub canary_ppm: u32,
+    pub stable: Vec<BackendConfig>,
+    pub canary: Vec<BackendConfig>,
+    /// Client cgroups allowed to reach the canary (`None`: everyone).
+    pub segment: Option<Vec<SegmentMember>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// A fresh draw for every connection.
+    Random,
+    /// A hash of the caller's cgroup id and this salt: a caller keeps its version.
+    Sticky { salt: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub address: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentMember {
+    pub path: PathBuf,
+    /// cgroup v2 id: the directory's inode number.
+    pub cgroup_id: u64,
+}
+
+/// Percent (0..=100) to parts per million, and back, for display.
+pub fn ppm_to_percent(ppm: u32) -> f64 {
+    f64::from(ppm) / 10_000.0
+}

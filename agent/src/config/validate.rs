@@ -1,0 +1,365 @@
+//! Raw file -> [`Config`], checking everything and naming the key of the first problem.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use sluice_common::{MAX_SERVICES, MAX_SLOTS_PER_VERSION, PPM};
+
+use super::{
+    BackendConfig, Config, ConfigError, DEFAULT_API_SOCKET, DEFAULT_PIN_PATH, SegmentMember,
+    Selection, ServiceConfig,
+    raw::{RawBackend, RawConfig, RawService},
+};
+use crate::cgroup;
+
+/// Most virtual addresses one service may have.
+const MAX_VIPS_PER_SERVICE: usize = 4;
+/// Largest per-backend weight.
+const MAX_WEIGHT: i64 = 1_000;
+
+/// Reads and validates a configuration file.
+pub fn parse(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_str(&text)
+}
+
+/// Validates a configuration given as YAML text.
+pub fn parse_str(text: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig =
+        serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    validate(raw)
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let cgroup2 =
+        cgroup::cgroup2_mount().map_err(|e| ConfigError::invalid("cgroup", e.to_string()))?;
+    let cgroup = match raw.cgroup {
+        None => cgroup2.clone(),
+        Some(p) => resolve_cgroup("cgroup", &p, &cgroup2)?,
+    };
+    let pin_path = absolute_path(
+        "pin_path",
+        raw.pin_path.as_deref().unwrap_or(DEFAULT_PIN_PATH),
+    )?;
+    let api_socket = absolute_path(
+        "api_socket",
+        raw.api_socket.as_deref().unwrap_or(DEFAULT_API_SOCKET),
+    )?;
+
+    if raw.services.len() > MAX_SERVICES as usize {
+        return Err(ConfigError::invalid(
+            "services",
+            format!(
+                "{} services, at most {MAX_SERVICES} are supported",
+                raw.services.len()
+            ),
+        ));
+    }
+    let services = raw
+        .services
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| service(&format!("services[{i}]"), s, &cgroup2))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_across_services(&services)?;
+    Ok(Config {
+        cgroup,
+        pin_path,
+        api_socket,
+        services,
+    })
+}
+
+fn absolute_path(key: &str, p: &str) -> Result<PathBuf, ConfigError> {
+    let path = PathBuf::from(p);
+    if !path.is_absolute() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{p:?} must be an absolute path"),
+        ));
+    }
+    Ok(path)
+}
+
+/// A cgroup given as an absolute path or relative to the cgroup2 mount; it must exist.
+fn resolve_cgroup(key: &str, p: &str, cgroup2: &Path) -> Result<PathBuf, ConfigError> {
+    let path = if Path::new(p).is_absolute() {
+        PathBuf::from(p)
+    } else {
+        cgroup2.join(p)
+    };
+    if !path.starts_with(cgroup2) {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "{} is outside the cgroup2 mount {}",
+                path.display(),
+                cgroup2.display()
+            ),
+        ));
+    }
+    if !cgroup::is_cgroup2_dir(&path) {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{} is not an existing cgroup v2 directory", path.display()),
+        ));
+    }
+    Ok(path)
+}
+
+fn service(key: &str, raw: RawService, cgroup2: &Path) -> Result<ServiceConfig, ConfigError> {
+    let name_ok = !raw.name.is_empty()
+        && raw.name.len() <= 63
+        && raw.name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.'
+        });
+    if !name_ok {
+        return Err(ConfigError::invalid(
+            format!("{key}.name"),
+            format!(
+                "{:?}: 1 to 63 characters of a-z, 0-9, '-', '_', '.'",
+                raw.name
+            ),
+        ));
+    }
+    if raw.protocol != "tcp" {
+        return Err(ConfigError::invalid(
+            format!("{key}.protocol"),
+            format!("{:?}: only \"tcp\" is supported", raw.protocol),
+        ));
+    }
+    let vips = virtual_addresses(key, &raw.virtual_addresses)?;
+    let v4 = vips[0].is_ipv4();
+    let selection = match raw.selection.as_str() {
+        "random" => {
+            if raw.salt.is_some() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.salt"),
+                    "only meaningful with selection: sticky",
+                ));
+            }
+            Selection::Random
+        }
+        "sticky" => Selection::Sticky {
+            salt: fnv1a64(raw.salt.as_deref().unwrap_or(&raw.name).as_bytes()),
+        },
+        other => {
+            return Err(ConfigError::invalid(
+                format!("{key}.selection"),
+                format!("{other:?}: expected \"random\" or \"sticky\""),
+            ));
+        }
+    };
+    let canary_ppm = percent_to_ppm(&format!("{key}.canary_percent"), raw.canary_percent)?;
+    let stable = backends(&format!("{key}.stable"), &raw.stable, v4)?;
+    if stable.is_empty() {
+        return Err(ConfigError::invalid(
+            format!("{key}.stable"),
+            "needs at least one backend: stable is where traffic goes when the canary cannot take it",
+        ));
+    }
+    let canary = backends(&format!("{key}.canary"), &raw.canary, v4)?;
+    for (i, b) in canary.iter().enumerate() {
+        if stable.iter().any(|s| s.address == b.address) {
+            return Err(ConfigError::invalid(
+                format!("{key}.canary[{i}].address"),
+                format!("{} is also a stable backend", b.address),
+            ));
+        }
+    }
+    let segment = raw
+        .segment
+        .map(|members| {
+            members
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let k = format!("{key}.segment[{i}]");
+                    let path = resolve_cgroup(&k, p, cgroup2)?;
+                    let cgroup_id = cgroup::cgroup_id(&path)
+                        .map_err(|e| ConfigError::invalid(&k, format!("cannot stat: {e}")))?;
+                    Ok(SegmentMember { path, cgroup_id })
+                })
+                .collect::<Result<Vec<_>, ConfigError>>()
+        })
+        .transpose()?;
+    Ok(ServiceConfig {
+        name: raw.name,
+        virtual_addresses: vips,
+        selection,
+        canary_ppm,
+        stable,
+        canary,
+        segment,
+    })
+}
+
+fn virtual_addresses(key: &str, raw: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+    let key = format!("{key}.virtual_addresses");
+    if raw.is_empty() || raw.len() > MAX_VIPS_PER_SERVICE {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "needs 1 to {MAX_VIPS_PER_SERVICE} addresses, found {}",
+                raw.len()
+            ),
+        ));
+    }
+    let vips = raw
+        .iter()
+        .enumerate()
+        .map(|(i, a)| socket_addr(&format!("{key}[{i}]"), a))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(i) = vips.iter().position(|v| v.is_ipv4() != vips[0].is_ipv4()) {
+        return Err(ConfigError::invalid(
+            format!("{key}[{i}]"),
+            "mixes IPv4 and IPv6 in one service: define one service per family \
+             (IPv6 callers already reach IPv4 addresses through their v4-mapped form)",
+        ));
+    }
+    Ok(vips)
+}
+
+fn socket_addr(key: &str, raw: &str) -> Result<SocketAddr, ConfigError> {
+    let addr: SocketAddr = raw.parse().map_err(|_| {
+        ConfigError::invalid(
+            key,
+            format!("{raw:?} is not an address and port (\"10.0.0.1:80\" or \"[fd00::1]:80\")"),
+        )
+    })?;
+    if addr.port() == 0 {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{raw:?}: port 0 is not a port"),
+        ));
+    }
+    if addr.ip().is_unspecified() || addr.ip().is_multicast() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{raw:?}: not a unicast address"),
+        ));
+    }
+    if let SocketAddr::V6(v6) = addr
+        && (v6.ip().to_ipv4_mapped().is_some() || v6.scope_id() != 0)
+    {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{raw:?}: write IPv4 addresses as IPv4; scoped IPv6 is not supported"),
+        ));
+    }
+    Ok(addr)
+}
+
+fn backends(key: &str, raw: &[RawBackend], v4: bool) -> Result<Vec<BackendConfig>, ConfigError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, b) in raw.iter().enumerate() {
+        let k = format!("{key}[{i}]");
+        let address = socket_addr(&format!("{k}.address"), &b.address)?;
+        if address.is_ipv4() != v4 {
+            return Err(ConfigError::invalid(
+                format!("{k}.address"),
+                format!(
+                    "{address} is {} but the service's virtual addresses are {}",
+                    family(address.ip()),
+                    if v4 { "IPv4" } else { "IPv6" }
+                ),
+            ));
+        }
+        if !seen.insert(address) {
+            return Err(ConfigError::invalid(
+                format!("{k}.address"),
+                format!("{address} is listed twice"),
+            ));
+        }
+        if !(1..=MAX_WEIGHT).contains(&b.weight) {
+            return Err(ConfigError::invalid(
+                format!("{k}.weight"),
+                format!("{} is out of range 1..={MAX_WEIGHT}", b.weight),
+            ));
+        }
+        out.push(BackendConfig {
+            address,
+            weight: b.weight as u32,
+        });
+    }
+    let slots: u32 = crate::dataplane::slot_counts(&out).iter().sum();
+    if slots > MAX_SLOTS_PER_VERSION {
+        return Err(ConfigError::invalid(
+            key,
+            format!("weights need {slots} slots after reduction, at most {MAX_SLOTS_PER_VERSION}"),
+        ));
+    }
+    Ok(out)
+}
+
+fn family(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+fn percent_to_ppm(key: &str, percent: f64) -> Result<u32, ConfigError> {
+    if !percent.is_finite() || !(0.0..=100.0).contains(&percent) {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{percent} is out of range 0..=100"),
+        ));
+    }
+    Ok(((percent * f64::from(PPM) / 100.0).round() as u32).min(PPM))
+}
+
+/// A percent from the control API, checked like the configuration's.
+pub fn percent_to_ppm_checked(percent: f64) -> Result<u32, ConfigError> {
+    percent_to_ppm("percent", percent)
+}
+
+fn check_across_services(services: &[ServiceConfig]) -> Result<(), ConfigError> {
+    let mut names = HashMap::new();
+    let mut vips: HashMap<SocketAddr, usize> = HashMap::new();
+    for (i, s) in services.iter().enumerate() {
+        if let Some(first) = names.insert(s.name.as_str(), i) {
+            return Err(ConfigError::invalid(
+                format!("services[{i}].name"),
+                format!("{:?} is already the name of services[{first}]", s.name),
+            ));
+        }
+        for (j, v) in s.virtual_addresses.iter().enumerate() {
+            if let Some(first) = vips.insert(*v, i) {
+                return Err(ConfigError::invalid(
+                    format!("services[{i}].virtual_addresses[{j}]"),
+                    format!("{v} is already a virtual address of services[{first}]"),
+                ));
+            }
+        }
+    }
+    // A backend that is itself a virtual address would be steered again by the next
+    // connect of whoever reaches it: refuse loops outright.
+    for (i, s) in services.iter().enumerate() {
+        for (version, list) in [("stable", &s.stable), ("canary", &s.canary)] {
+            for (j, b) in list.iter().enumerate() {
+                if let Some(owner) = vips.get(&b.address) {
+                    return Err(ConfigError::invalid(
+                        format!("services[{i}].{version}[{j}].address"),
+                        format!("{} is a virtual address (of services[{owner}])", b.address),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// FNV-1a, 64 bit: a stable, dependency-free hash for turning salts into numbers.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests;

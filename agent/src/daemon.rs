@@ -1,0 +1,190 @@
+//! `sluice run`: load, apply, attach, then serve the API and reload on SIGHUP or when the
+//! configuration file changes, until SIGTERM/SIGINT (steering stays) or `sluice detach`.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use crate::{
+    api::{self, Request, Response},
+    config::{self, Config, ConfigError},
+    dataplane::{Dataplane, DataplaneError, detach_pins},
+};
+
+/// How often the configuration file is re-read to notice changes. ConfigMap updates swap a
+/// symlink: re-reading the path (rather than watching one inode) sees through that.
+const WATCH_PERIOD: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("sluice run needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)")]
+    NotRoot,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Api(#[from] api::ServerError),
+    #[error("installing a signal handler")]
+    Signal(#[source] std::io::Error),
+}
+
+pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError> {
+    if crate::sys::effective_uid() != 0 {
+        return Err(DaemonError::NotRoot);
+    }
+    let mut loaded_text = std::fs::read(&config_path).unwrap_or_default();
+    let (calls_tx, mut calls) = mpsc::channel(16);
+    // Refuse to start beside a running daemon before touching the kernel.
+    api::serve(&config.api_socket, calls_tx)?;
+    let mut dp = Dataplane::load(&config)?;
+    let report = dp.apply(&config)?;
+    let adopted = dp.attach()?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config_path.display(),
+        cgroup = %dp.cgroup().display(),
+        pin_dir = %dp.pin_dir().display(),
+        api_socket = %config.api_socket.display(),
+        services = config.services.len(),
+        added = report.added,
+        adopted_links = adopted,
+        "sluice started"
+    );
+    let mut config = config;
+    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    let mut watch = tokio::time::interval(WATCH_PERIOD);
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sighup.recv() => {
+                loaded_text = std::fs::read(&config_path).unwrap_or_default();
+                reload(&mut dp, &mut config, &config_path, "SIGHUP");
+            }
+            _ = watch.tick() => {
+                let text = std::fs::read(&config_path).unwrap_or_default();
+                if text != loaded_text {
+                    loaded_text = text;
+                    reload(&mut dp, &mut config, &config_path, "file changed");
+                }
+            }
+            Some(call) = calls.recv() => {
+                let detach = call.request == Request::Detach;
+                let response = handle(&mut dp, &config, &config_path, call.request);
+                let _ = call.reply.send(response);
+                if detach {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), call.written).await;
+                    let _ = std::fs::remove_file(&config.api_socket);
+                    return Ok(());
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&config.api_socket);
+    tracing::info!(
+        "stopping; programs stay attached and keep steering with the last configuration"
+    );
+    Ok(())
+}
+
+/// Re-reads and applies the configuration. Any error leaves the running one in force.
+fn reload(dp: &mut Dataplane, current: &mut Config, path: &Path, why: &str) {
+    let next = match config::parse(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(reason = why, error = %e, "configuration rejected; the previous one stays in force");
+            return;
+        }
+    };
+    for (key, changed) in [
+        ("cgroup", next.cgroup != current.cgroup),
+        ("pin_path", next.pin_path != current.pin_path),
+        ("api_socket", next.api_socket != current.api_socket),
+    ] {
+        if changed {
+            tracing::error!(
+                reason = why,
+                key,
+                "cannot change on reload, restart the agent; the previous configuration stays in force"
+            );
+            return;
+        }
+    }
+    match dp.apply(&next) {
+        Ok(r) => {
+            tracing::info!(
+                reason = why,
+                added = r.added,
+                changed = r.changed,
+                unchanged = r.unchanged,
+                removed_addresses = r.removed_vips,
+                "configuration applied"
+            );
+            *current = next;
+        }
+        Err(e) => {
+            tracing::error!(reason = why, error = %crate::error_chain(&e), "applying the configuration failed; nothing changed")
+        }
+    }
+}
+
+fn handle(dp: &mut Dataplane, config: &Config, config_path: &Path, request: Request) -> Response {
+    let error = |e: &dyn std::error::Error| Response::Error {
+        message: crate::error_chain(e),
+    };
+    match request {
+        Request::Status => match dp.status() {
+            Ok(services) => Response::Status {
+                version: env!("CARGO_PKG_VERSION").into(),
+                cgroup: dp.cgroup().display().to_string(),
+                pin_dir: dp.pin_dir().display().to_string(),
+                config: config_path.display().to_string(),
+                services,
+            },
+            Err(e) => error(&e),
+        },
+        Request::SetWeight { service, percent } => {
+            let ppm = match config::percent_to_ppm_checked(percent) {
+                Ok(p) => p,
+                Err(e) => return error(&e),
+            };
+            match dp.set_weight(&service, ppm) {
+                Ok(previous) => {
+                    tracing::info!(
+                        service,
+                        previous_percent = config::ppm_to_percent(previous),
+                        percent,
+                        "canary share set"
+                    );
+                    Response::Weight {
+                        service,
+                        previous_percent: config::ppm_to_percent(previous),
+                        percent: config::ppm_to_percent(ppm),
+                    }
+                }
+                Err(e) => error(&e),
+            }
+        }
+        Request::Detach => match detach_pins(&config.pin_path) {
+            Ok(removed) => {
+                tracing::info!(
+                    removed = removed.len(),
+                    "detached: every program, link and pin removed"
+                );
+                Response::Detached {
+                    removed: removed.len(),
+                }
+            }
+            Err(e) => error(&e),
+        },
+    }
+}

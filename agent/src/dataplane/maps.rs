@@ -1,0 +1,124 @@
+//! Opening the maps: pinned by name under the pin directory, so a restarted agent adopts
+//! the very maps (and counters) the kernel programs have been using.
+
+use std::path::Path;
+
+use aya::{
+    EbpfLoader,
+    maps::{HashMap, Map, MapData, PerCpuArray},
+};
+use sluice_common::maps::{Backend, SegmentKey, Service, SlotKey, SockTag, VipKey, names};
+
+use super::DataplaneError;
+use crate::sys;
+
+/// Typed handles on every map the agent writes or reads.
+pub struct Maps {
+    pub services: HashMap<MapData, VipKey, Service>,
+    pub slots: HashMap<MapData, SlotKey, Backend>,
+    pub segments: HashMap<MapData, SegmentKey, u8>,
+    pub steer_counters: PerCpuArray<MapData, u64>,
+    /// Possible CPUs: the length of every per-CPU value.
+    pub ncpus: usize,
+}
+
+/// (name, key size, value size) of each pinned map: checked before adopting a pin.
+const LAYOUTS: [(&str, usize, usize); 5] = [
+    (names::SERVICES, size_of::<VipKey>(), size_of::<Service>()),
+    (names::SLOTS, size_of::<SlotKey>(), size_of::<Backend>()),
+    (names::SEGMENTS, size_of::<SegmentKey>(), size_of::<u8>()),
+    (names::SOCK_TAGS, size_of::<i32>(), size_of::<SockTag>()),
+    (names::STEER_COUNTERS, size_of::<u32>(), size_of::<u64>()),
+];
+
+/// Makes sure `pin_root` is on bpffs (mounting /sys/fs/bpf if need be) and `pin_dir` exists,
+/// and refuses pins of another ABI.
+pub fn prepare_pin_dir(pin_root: &Path, pin_dir: &Path) -> Result<(), DataplaneError> {
+    let bpffs_root = pin_root
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| Path::new("/"));
+    let on_bpffs = sys::is_bpffs(bpffs_root).unwrap_or(false);
+    if !on_bpffs {
+        // The usual layout: /sys/fs/bpf exists but nothing is mounted there.
+        let mount_at = Path::new("/sys/fs/bpf");
+        if !pin_root.starts_with(mount_at) {
+            return Err(DataplaneError::Bpffs {
+                path: pin_root.to_owned(),
+                source: std::io::Error::other("not under /sys/fs/bpf, mount bpffs there yourself"),
+            });
+        }
+        sys::mount_bpffs(mount_at).map_err(|source| DataplaneError::Bpffs {
+            path: mount_at.to_owned(),
+            source,
+        })?;
+        tracing::info!(path = %mount_at.display(), "mounted bpffs");
+    }
+    if let Ok(entries) = std::fs::read_dir(pin_root) {
+        for e in entries.flatten() {
+            if e.path() != pin_dir && e.file_name().to_string_lossy().starts_with('v') {
+                return Err(DataplaneError::ForeignAbi(e.path()));
+            }
+        }
+    }
+    for dir in [pin_dir.join("maps"), pin_dir.join("links")] {
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| DataplaneError::PinDir { path: dir, source })?;
+    }
+    Ok(())
+}
+
+/// Loads the object, re-using pinned maps where they exist.
+pub fn load(object: &[u8], pin_dir: &Path) -> Result<(aya::Ebpf, Maps), DataplaneError> {
+    let map_dir = pin_dir.join("maps");
+    for (name, key, value) in LAYOUTS {
+        check_pinned_layout(&map_dir.join(name), name, key as u32, value as u32)?;
+    }
+    let mut loader = EbpfLoader::new();
+    let paths: Vec<_> = LAYOUTS
+        .iter()
+        .map(|(n, ..)| (*n, map_dir.join(n)))
+        .collect();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(object).map_err(DataplaneError::Load)?;
+    let maps = Maps {
+        services: typed(&mut ebpf, names::SERVICES)?,
+        slots: typed(&mut ebpf, names::SLOTS)?,
+        segments: typed(&mut ebpf, names::SEGMENTS)?,
+        steer_counters: typed(&mut ebpf, names::STEER_COUNTERS)?,
+        ncpus: aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?,
+    };
+    Ok((ebpf, maps))
+}
+
+fn check_pinned_layout(
+    path: &Path,
+    name: &'static str,
+    key: u32,
+    value: u32,
+) -> Result<(), DataplaneError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let info = aya::maps::MapInfo::from_pin(path)
+        .map_err(|source| DataplaneError::Map { name, source })?;
+    let found = (info.key_size(), info.value_size());
+    if found != (key, value) {
+        return Err(DataplaneError::MapLayout {
+            name,
+            found,
+            want: (key, value),
+        });
+    }
+    Ok(())
+}
+
+fn typed<T>(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<T, DataplaneError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(DataplaneError::Missing(name))?;
+    T::try_from(map).map_err(|source| DataplaneError::Map { name, source })
+}

@@ -1,0 +1,24 @@
+//! sluice's node agent: validates a configuration, loads and attaches the kernel programs,
+//! writes the steering maps, and serves the control API.
+#![deny(unsafe_code)]
+
+pub mod api;
+pub mod cgroup;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+#[expect(unsafe_code, reason = "the agent's one module of raw syscalls")]
+pub mod sys;
+
+/// An error with its causes, `a: b: c`, for one-line logs and CLI messages.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}

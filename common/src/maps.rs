@@ -1,0 +1,148 @@
+//! Map keys and values. Addresses are always 16 bytes: IPv4 is stored v4-mapped
+//! (`::ffff:a.b.c.d`), so one map serves `connect4`, `connect6` and v4-mapped IPv6 callers.
+//! Address words and ports are in network byte order, as the kernel hands them over.
+
+/// Map names, shared so the agent finds what the kernel object declares.
+pub mod names {
+    pub const SERVICES: &str = "SLUICE_SERVICES";
+    pub const SLOTS: &str = "SLUICE_SLOTS";
+    pub const SEGMENTS: &str = "SLUICE_SEGMENTS";
+    pub const SOCK_TAGS: &str = "SLUICE_SOCK_TAGS";
+    pub const STEER_COUNTERS: &str = "SLUICE_STEER_COUNTERS";
+}
+
+/// Program names (the kernel crate's function names).
+pub mod programs {
+    pub const CONNECT4: &str = "sluice_connect4";
+    pub const CONNECT6: &str = "sluice_connect6";
+    pub const GETPEERNAME4: &str = "sluice_getpeername4";
+    pub const GETPEERNAME6: &str = "sluice_getpeername6";
+}
+
+/// Version of a service a connection is steered to.
+pub const VERSION_STABLE: u8 = 0;
+pub const VERSION_CANARY: u8 = 1;
+pub const VERSIONS: u32 = 2;
+
+/// Selection modes ([`Service::mode`]).
+pub const MODE_RANDOM: u8 = 0;
+pub const MODE_STICKY: u8 = 1;
+
+/// [`Service::flags`]: only callers in the service's segment may reach the canary.
+pub const FLAG_SEGMENTED: u8 = 1;
+
+/// Key of `SLUICE_SERVICES`: a virtual address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VipKey {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<VipKey>() == 20);
+
+/// Value of `SLUICE_SERVICES`: everything one steering decision needs, in one entry, so
+/// that replacing it (a `BPF_F_NO_PREALLOC` hash map swaps entries under RCU) changes the
+/// share, the mode and the backend generation for the next connection all at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Service {
+    /// Index into counters and the key prefix of this service's slots and segment.
+    pub id: u32,
+    /// Share of new connections that go to the canary, in parts per million.
+    pub canary_ppm: u32,
+    /// Salt of the sticky hash: a new salt is a new cohort.
+    pub salt: u64,
+    /// Generation of the slot table and segment this entry points at.
+    pub generation: u32,
+    pub stable_slots: u16,
+    pub canary_slots: u16,
+    pub mode: u8,
+    pub flags: u8,
+    pub _pad: u16,
+    /// The share the configuration asked for when this entry was last written from it. Not
+    /// read by the kernel: it lets an agent tell a runtime override (`sluice weight`) from
+    /// a configuration change, also across restarts.
+    pub config_ppm: u32,
+}
+const _: () = assert!(size_of::<Service>() == 32);
+
+/// Key of `SLUICE_SLOTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SlotKey {
+    pub service: u32,
+    pub generation: u32,
+    pub version: u8,
+    pub _pad: u8,
+    pub slot: u16,
+}
+const _: () = assert!(size_of::<SlotKey>() == 12);
+
+/// Value of `SLUICE_SLOTS`: one backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Backend {
+    pub addr: [u32; 4],
+    pub port: u16,
+    /// The version whose table holds this slot (copied onto the socket's tag).
+    pub version: u8,
+    pub _pad: u8,
+    /// Index of this backend within its service and version (stable in the config's order).
+    pub index: u32,
+}
+const _: () = assert!(size_of::<Backend>() == 24);
+
+/// Key of `SLUICE_SEGMENTS`: a client cgroup allowed to reach a service's canary.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SegmentKey {
+    pub service: u32,
+    pub generation: u32,
+    pub cgroup_id: u64,
+}
+const _: () = assert!(size_of::<SegmentKey>() == 16);
+
+/// Socket-local storage of every steered socket. Later hooks read the version from here,
+/// never from addresses (they were rewritten, and ports are reused).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockTag {
+    /// The virtual address the application connected to (what `getpeername` must return).
+    pub vip: [u32; 4],
+    pub vip_port: u16,
+    pub version: u8,
+    pub _pad: u8,
+    pub service: u32,
+    pub backend: u32,
+    pub _pad2: u32,
+    /// `bpf_ktime_get_ns()` at `connect()`.
+    pub connect_ns: u64,
+}
+const _: () = assert!(size_of::<SockTag>() == 40);
+
+/// The v4-mapped form of an IPv4 address given in network byte order.
+#[inline(always)]
+pub const fn v4_mapped(ip4_be: u32) -> [u32; 4] {
+    [0, 0, u32::from_be(0x0000_ffff), ip4_be]
+}
+
+/// Whether a 16-byte address (network order words) is v4-mapped.
+#[inline(always)]
+pub const fn is_v4_mapped(addr: &[u32; 4]) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == u32::from_be(0x0000_ffff)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, with explicit padding and no pointers, so any
+    // byte pattern is a valid value and none has uninitialised bytes.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for SegmentKey {}
+    unsafe impl aya::Pod for SockTag {}
+}

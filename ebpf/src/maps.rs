@@ -1,0 +1,90 @@
+//! Every map the kernel programs use, in one place. Names are the export names the agent
+//! looks up (see `sluice_common::maps::names`).
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{HashMap, PerCpuArray, SkStorage},
+    macros::btf_map,
+};
+use sluice_common::{
+    MAX_SEGMENT_MEMBERS, MAX_SERVICES, MAX_SLOTS, MAX_VIPS,
+    counters::{STEER_COUNTERS, steer_index},
+    maps::{Backend, SegmentKey, Service, SlotKey, SockTag, VipKey},
+};
+
+/// `BPF_F_NO_PREALLOC` makes an update replace the entry under RCU: a reader sees the old
+/// value or the new one, never a mix. Preallocated hash maps recycle a slot at once.
+const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+
+#[btf_map]
+static SLUICE_SERVICES: HashMap<VipKey, Service, { MAX_VIPS as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map]
+static SLUICE_SLOTS: HashMap<SlotKey, Backend, { MAX_SLOTS as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map]
+static SLUICE_SEGMENTS: HashMap<SegmentKey, u8, { MAX_SEGMENT_MEMBERS as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map]
+pub static SLUICE_SOCK_TAGS: SkStorage<SockTag> = SkStorage::new();
+
+#[btf_map]
+static SLUICE_STEER_COUNTERS: PerCpuArray<u64, { (MAX_SERVICES * STEER_COUNTERS) as usize }> =
+    PerCpuArray::new();
+
+#[inline(always)]
+pub fn service(key: &VipKey) -> Option<&Service> {
+    // SAFETY: entries are replaced, never mutated in place, and NO_PREALLOC frees a replaced
+    // entry only after an RCU grace period, so the reference stays valid for this run.
+    unsafe { SLUICE_SERVICES.get(key) }
+}
+
+#[inline(always)]
+pub fn slot(key: &SlotKey) -> Option<&Backend> {
+    // SAFETY: as for `service`.
+    unsafe { SLUICE_SLOTS.get(key) }
+}
+
+#[inline(always)]
+pub fn in_segment(key: &SegmentKey) -> bool {
+    // SAFETY: as for `service`; only presence is read.
+    unsafe { SLUICE_SEGMENTS.get(key) }.is_some()
+}
+
+/// Adds one to a steering counter of a service.
+#[inline(always)]
+pub fn count(service: u32, counter: u32) {
+    if let Some(c) = SLUICE_STEER_COUNTERS.get_ptr_mut(steer_index(service, counter)) {
+        // SAFETY: per-CPU slot, and the program runs with preemption/migration disabled.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Context fields must be accessed one aligned word at a time (the verifier rejects the byte
+/// loop an array copy compiles to), hence these two helpers for `user_ip6`.
+#[inline(always)]
+pub fn read_ip6(words: &[u32; 4]) -> [u32; 4] {
+    // SAFETY: in-bounds, aligned reads of a context field.
+    unsafe {
+        [
+            core::ptr::read_volatile(&words[0]),
+            core::ptr::read_volatile(&words[1]),
+            core::ptr::read_volatile(&words[2]),
+            core::ptr::read_volatile(&words[3]),
+        ]
+    }
+}
+
+#[inline(always)]
+pub fn write_ip6(words: &mut [u32; 4], addr: &[u32; 4]) {
+    // SAFETY: in-bounds, aligned writes of a context field.
+    unsafe {
+        core::ptr::write_volatile(&mut words[0], addr[0]);
+        core::ptr::write_volatile(&mut words[1], addr[1]);
+        core::ptr::write_volatile(&mut words[2], addr[2]);
+        core::ptr::write_volatile(&mut words[3], addr[3]);
+    }
+}

@@ -1,0 +1,198 @@
+//! `connect4`/`connect6`: match the destination against the virtual addresses, decide the
+//! version and backend (the pure `sluice_common::steer::decide`), rewrite the destination,
+//! tag the socket.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_prandom_u32,
+        bpf_ktime_get_ns, bpf_set_retval,
+    },
+    programs::SockAddrContext,
+};
+use sluice_common::{
+    IPPROTO_TCP, MAX_SEGMENT_DEPTH,
+    counters::{
+        CANARY_EMPTY_FALLBACK, FAMILY_MISMATCH, NO_BACKEND, SEGMENT_EXCLUDED, SLOT_MISSING,
+        STEERED_CANARY, STEERED_STABLE, TAG_FAILED,
+    },
+    maps::{
+        Backend, FLAG_SEGMENTED, SegmentKey, Service, SlotKey, SockTag, VERSION_CANARY, VipKey,
+        is_v4_mapped, v4_mapped,
+    },
+    steer::{Decision, Draws, decide},
+};
+
+use crate::maps::{self, SLUICE_SOCK_TAGS};
+
+const PASS: i32 = 1;
+const REFUSE: i32 = 0;
+/// What a caller sees when a service has no backend: the errno of a closed port, at once,
+/// like kube-proxy's reject rule — never a hang.
+const ECONNREFUSED: i32 = 111;
+
+pub fn connect4(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: the kernel passes a valid context for the program's whole run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.protocol != IPPROTO_TCP as u32 {
+        return PASS;
+    }
+    let key = VipKey {
+        addr: v4_mapped(sa.user_ip4),
+        port: sa.user_port as u16,
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    };
+    // First check, before any other work: is this a virtual address at all?
+    let Some(svc) = maps::service(&key) else {
+        return PASS;
+    };
+    let Some(backend) = choose(svc) else {
+        // SAFETY: plain helper call; the program type allows it (cgroup sock_addr).
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+        return REFUSE;
+    };
+    if !is_v4_mapped(&backend.addr) {
+        maps::count(svc.id, FAMILY_MISMATCH);
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+        return REFUSE;
+    }
+    sa.user_ip4 = backend.addr[3];
+    sa.user_port = backend.port as u32;
+    tag(ctx, &key, svc, &backend);
+    PASS
+}
+
+pub fn connect6(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: the kernel passes a valid context for the program's whole run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.protocol != IPPROTO_TCP as u32 {
+        return PASS;
+    }
+    let key = VipKey {
+        addr: maps::read_ip6(&sa.user_ip6),
+        port: sa.user_port as u16,
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    };
+    let Some(svc) = maps::service(&key) else {
+        return PASS;
+    };
+    let Some(backend) = choose(svc) else {
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+        return REFUSE;
+    };
+    // An IPv6 socket reaches an IPv4 backend through its v4-mapped form (unless the socket
+    // is IPV6_V6ONLY, in which case the kernel refuses the connect itself).
+    maps::write_ip6(&mut sa.user_ip6, &backend.addr);
+    sa.user_port = backend.port as u32;
+    tag(ctx, &key, svc, &backend);
+    PASS
+}
+
+/// Picks the backend for one connection, counting the outcome. `None` refuses the connect.
+#[inline(always)]
+fn choose(svc: &Service) -> Option<Backend> {
+    // SAFETY: plain helper calls without arguments that could be invalid.
+    let draws = unsafe {
+        Draws {
+            random: bpf_get_prandom_u32(),
+            random_slot: bpf_get_prandom_u32(),
+            cgroup_id: bpf_get_current_cgroup_id(),
+            in_segment: true,
+        }
+    };
+    let draws = Draws {
+        in_segment: caller_in_segment(svc, draws.cgroup_id),
+        ..draws
+    };
+    match decide(svc, &draws) {
+        Decision::NoBackend => {
+            maps::count(svc.id, NO_BACKEND);
+            None
+        }
+        Decision::Steer {
+            version,
+            slot,
+            canary_fallback,
+        } => {
+            let key = SlotKey {
+                service: svc.id,
+                generation: svc.generation,
+                version,
+                _pad: 0,
+                slot,
+            };
+            let Some(backend) = maps::slot(&key) else {
+                maps::count(svc.id, SLOT_MISSING);
+                return None;
+            };
+            if canary_fallback {
+                maps::count(svc.id, CANARY_EMPTY_FALLBACK);
+            }
+            maps::count(
+                svc.id,
+                if version == VERSION_CANARY {
+                    STEERED_CANARY
+                } else {
+                    STEERED_STABLE
+                },
+            );
+            Some(*backend)
+        }
+    }
+}
+
+/// Whether the caller may reach the canary: always for unsegmented services; otherwise if its
+/// cgroup or one of its ancestors is a listed segment member.
+#[inline(always)]
+fn caller_in_segment(svc: &Service, cgroup_id: u64) -> bool {
+    if svc.flags & FLAG_SEGMENTED == 0 {
+        return true;
+    }
+    let mut key = SegmentKey {
+        service: svc.id,
+        generation: svc.generation,
+        cgroup_id,
+    };
+    if maps::in_segment(&key) {
+        return true;
+    }
+    for level in 1..MAX_SEGMENT_DEPTH {
+        // SAFETY: plain helper call; returns 0 past the caller's own level.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 || id == cgroup_id {
+            break;
+        }
+        key.cgroup_id = id;
+        if maps::in_segment(&key) {
+            return true;
+        }
+    }
+    maps::count(svc.id, SEGMENT_EXCLUDED);
+    false
+}
+
+/// Records on the socket what it was steered to, for `getpeername` and the metrics hooks.
+#[inline(always)]
+fn tag(ctx: &SockAddrContext, vip: &VipKey, svc: &Service, backend: &Backend) {
+    let mut init = SockTag {
+        vip: vip.addr,
+        vip_port: vip.port,
+        version: backend.version,
+        _pad: 0,
+        service: svc.id,
+        backend: backend.index,
+        _pad2: 0,
+        // SAFETY: plain helper call.
+        connect_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    // SAFETY: ctx.sk is the socket being connected, valid for the program's run.
+    let tag = unsafe { SLUICE_SOCK_TAGS.get_or_insert_ptr_mut(ctx, Some(&mut init)) };
+    if tag.is_null() {
+        maps::count(svc.id, TAG_FAILED);
+        return;
+    }
+    // A socket that connects again (after AF_UNSPEC disconnect) carries an old tag.
+    // SAFETY: non-null pointer into this socket's storage.
+    unsafe { *tag = init };
+}
