@@ -83,7 +83,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
                 let _ = call.reply.send(response);
                 if detach {
                     let _ = tokio::time::timeout(Duration::from_secs(2), call.written).await;
-                    let _ = std::fs::remove_file(&config.api_socket);
+                    remove_socket(&config.api_socket);
                     return Ok(());
                 }
             }
@@ -94,6 +94,14 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         "stopping; programs stay attached and keep steering with the last configuration"
     );
     Ok(())
+}
+
+/// Removes the socket, and its directory if that is now empty (we created it).
+fn remove_socket(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 /// Re-reads and applies the configuration. Any error leaves the running one in force.

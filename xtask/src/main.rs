@@ -1,1 +1,58 @@
-fn main() {}
+//! `cargo xtask setup|test|demo`: everything a fresh machine needs, then the job.
+
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "sluice's set-up, tests and demo")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (idempotent): the nightly's rust-src,
+    /// bpf-linker built against the nightly's own LLVM, bpftool; mount bpffs.
+    Setup,
+    /// Set up, then run every test: fmt and clippy, host unit tests, and the kernel tests
+    /// (they need root; with CI=true they fail rather than skip without it).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and show steering live: two local backends, a virtual address, a
+    /// client in a demo cgroup, the canary share stepped up while the split is shown.
+    Demo,
+    /// (internal) The demo's client: joins a cgroup and connects in a bounded loop.
+    #[command(hide = true)]
+    DemoClient {
+        cgroup: std::path::PathBuf,
+        address: std::net::SocketAddr,
+        seconds: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::setup(),
+        Command::Test { args } => {
+            setup::setup()?;
+            test::test(&args)
+        }
+        Command::Demo => {
+            setup::setup()?;
+            demo::demo()
+        }
+        Command::DemoClient {
+            cgroup,
+            address,
+            seconds,
+        } => demo::client(&cgroup, address, seconds),
+    }
+}

@@ -1,0 +1,155 @@
+//! Idempotent set-up. Each step checks first and only acts when something is missing.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{is_root, output, run};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn setup() -> anyhow::Result<()> {
+    nightly_rust_src()?;
+    bpf_linker()?;
+    if is_root() {
+        bpffs()?;
+        bpftool()?;
+    } else {
+        eprintln!(
+            "setup: not root: skipping the bpffs mount and bpftool (tests that need root will skip)"
+        );
+    }
+    Ok(())
+}
+
+fn rustup() -> Command {
+    let mut c = Command::new("rustup");
+    c.env_remove("RUSTUP_TOOLCHAIN");
+    c
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    let installed = output(rustup().args(["component", "list", "--installed", "--toolchain", "nightly"]))
+        .context("no nightly toolchain: the kernel programs build with nightly (`rustup toolchain install nightly`)")?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("setup: adding rust-src to the nightly toolchain");
+    run(rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+/// bpf-linker must link against the same LLVM major as the nightly's rustc. No system LLVM
+/// of that version exists here, but the nightly ships its own libLLVM: build against that.
+fn bpf_linker() -> anyhow::Result<()> {
+    let works = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        || Command::new(cargo_home().join("bin/bpf-linker"))
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if works {
+        return Ok(());
+    }
+    let vv = output(rustup().args(["run", "nightly", "rustc", "-vV"]))
+        .context("rustc -vV of the nightly")?;
+    let major = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("the nightly's rustc -vV names no LLVM version")?
+        .to_owned();
+    let sysroot = output(rustup().args(["run", "nightly", "rustc", "--print", "sysroot"]))
+        .context("the nightly's sysroot")?;
+    let lib_dir = Path::new(sysroot.trim()).join("lib");
+    let lib = std::fs::read_dir(&lib_dir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", lib_dir.display()))?;
+    // Lasts beyond target/: the installed binary loads libLLVM from here at run time.
+    let prefix = cargo_home().join("sluice-llvm");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    let file_name = lib.file_name().context("library name")?;
+    for name in [Path::new("libLLVM.so"), Path::new(file_name)] {
+        let link = prefix_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&lib, &link)
+            .with_context(|| format!("symlink {}", link.display()))?;
+    }
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {major} (about a minute)"
+    );
+    let mut cmd = Command::new("cargo");
+    cmd.env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CARGO_TARGET_DIR")
+        .env("LLVM_PREFIX", &prefix)
+        .args([
+            "install",
+            "--locked",
+            "--force",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ]);
+    run(&mut cmd)?;
+    if !Command::new(cargo_home().join("bin/bpf-linker"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        bail!("bpf-linker was built but does not run");
+    }
+    Ok(())
+}
+
+/// bpffs at /sys/fs/bpf (the agent mounts it too; tests and bpftool want it first).
+fn bpffs() -> anyhow::Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
+        return Ok(());
+    }
+    eprintln!("setup: mounting bpffs at /sys/fs/bpf");
+    run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+/// The kernel tests read maps and attachments with bpftool, a witness independent of sluice.
+fn bpftool() -> anyhow::Result<()> {
+    if Command::new("bpftool")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    eprintln!("setup: installing bpftool (Debian)");
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends", "bpftool"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
