@@ -1,14 +1,29 @@
-//! `cargo xtask test`: lint, build the agent, and run every test in one go.
+//! `cargo xtask test`: lint, build the agent, and run every test in one go, ending with one
+//! summary line over all test binaries (`tests: N passed, N failed, N skipped`).
 
-use anyhow::Context as _;
+use std::{
+    io::{BufRead as _, BufReader},
+    process::Stdio,
+    sync::{Arc, Mutex},
+    thread,
+};
+
+use anyhow::{Context as _, bail};
 
 use crate::util::{cargo, is_root, run, workspace_root};
+
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+}
 
 pub fn test(extra: &[String]) -> anyhow::Result<()> {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     if !is_root() {
         if ci {
-            anyhow::bail!("CI=true but not root: the kernel tests must run in CI, not skip");
+            bail!("CI=true but not root: the kernel tests must run in CI, not skip");
         }
         eprintln!("test: not root: the kernel tests will report themselves SKIPPED");
     }
@@ -19,9 +34,72 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
     let bin = workspace_root().join("target/debug/sluice");
     // One test thread: the kernel tests measure splits and count connections; running them
     // side by side only adds noise on two cores.
-    run(cargo()
+    let mut child = cargo()
         .args(["test"])
         .args(extra)
         .args(["--", "--test-threads=1"])
-        .env("SLUICE_BIN", &bin))
+        .env("SLUICE_BIN", &bin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cargo test")?;
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let out = forward(child.stdout.take().context("stdout")?, tally.clone(), false);
+    let err = forward(child.stderr.take().context("stderr")?, tally.clone(), true);
+    let status = child.wait()?;
+    let _ = out.join();
+    let _ = err.join();
+    let t = tally
+        .lock()
+        .map_err(|_| anyhow::anyhow!("tally poisoned"))?;
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        t.passed - t.skipped.min(t.passed),
+        t.failed,
+        t.skipped
+    );
+    if !status.success() || t.failed > 0 {
+        bail!("tests failed");
+    }
+    if ci && t.skipped > 0 {
+        bail!("{} tests skipped under CI=true", t.skipped);
+    }
+    Ok(())
+}
+
+/// Copies a stream through to ours, tallying `test result:` and `SKIPPED` lines.
+fn forward(
+    stream: impl std::io::Read + Send + 'static,
+    tally: Arc<Mutex<Tally>>,
+    to_stderr: bool,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if to_stderr {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+            let Ok(mut t) = tally.lock() else { return };
+            if line.starts_with("SKIPPED ") {
+                t.skipped += 1;
+            } else if let Some(rest) = line.strip_prefix("test result: ") {
+                t.passed += count(rest, " passed");
+                t.failed += count(rest, " failed");
+            }
+        }
+    })
+}
+
+/// The number before `label` in "ok. 7 passed; 0 failed; ...".
+fn count(line: &str, label: &str) -> u64 {
+    line.split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(label)
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }

@@ -1,0 +1,193 @@
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::TestCgroup;
+
+/// `sluice run` as a real process, with its own config file, pin directory, socket and log.
+/// Dropping it kills the process (by its pid) and removes every pin it made.
+pub struct Agent {
+    child: Option<Child>,
+    dir: PathBuf,
+    pub config_path: PathBuf,
+    pub pin_path: PathBuf,
+    pub socket: PathBuf,
+    pub log_path: PathBuf,
+}
+
+pub fn sluice_bin() -> PathBuf {
+    std::env::var_os("SLUICE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sluice"))
+}
+
+impl Agent {
+    /// Writes a config (header for `cgroup` + `services_yaml`) and starts the daemon.
+    pub fn start(tag: &str, cgroup: &TestCgroup, services_yaml: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("sluice-test-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let mut agent = Self {
+            child: None,
+            config_path: dir.join("sluice.yaml"),
+            pin_path: PathBuf::from(format!("/sys/fs/bpf/sluice-test-{tag}")),
+            socket: dir.join("api/sluice.sock"),
+            log_path: dir.join("sluice.log"),
+            dir,
+        };
+        agent.write_config(cgroup, services_yaml);
+        agent.spawn();
+        agent
+    }
+
+    pub fn config_text(&self, cgroup: &TestCgroup, services_yaml: &str) -> String {
+        format!(
+            "cgroup: {}\npin_path: {}\napi_socket: {}\nservices:\n{services_yaml}",
+            cgroup.path().display(),
+            self.pin_path.display(),
+            self.socket.display()
+        )
+    }
+
+    pub fn write_config(&self, cgroup: &TestCgroup, services_yaml: &str) {
+        self.write_raw_config(&self.config_text(cgroup, services_yaml));
+    }
+
+    /// Replaces the config file atomically (rename), as a ConfigMap update would.
+    pub fn write_raw_config(&self, text: &str) {
+        let tmp = self.dir.join("sluice.yaml.tmp");
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, &self.config_path).expect("rename config");
+    }
+
+    /// Starts (or restarts) the daemon and waits until its socket answers.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let child = Command::new(sluice_bin())
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sluice run (SLUICE_BIN)");
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end {
+            if self.sluice(&["status", "--output", "json"]).0 {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("sluice run exited with {status}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "sluice run did not answer within 15 s; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// SIGKILL, by the pid we started.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends a signal to the daemon (by its pid).
+    pub fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        // SAFETY: plain kill(2) on a pid we started and have not reaped.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
+    }
+
+    /// Runs a sluice CLI command against this daemon; (success, stdout, stderr).
+    pub fn sluice(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(sluice_bin())
+            .args(args)
+            .env("SLUICE_SOCKET", &self.socket)
+            .output()
+            .expect("run sluice");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let (ok, out, err) = self.sluice(&["status", "--output", "json"]);
+        assert!(ok, "sluice status failed: {err}");
+        serde_json::from_str(&out).expect("status json")
+    }
+
+    /// One steering counter of one service, as the daemon reports it.
+    pub fn counter(&self, service: &str, counter: &str) -> u64 {
+        let status = self.status();
+        let svc = status["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .find(|s| s["name"] == service)
+            .unwrap_or_else(|| panic!("no service {service} in status"));
+        svc["counters"][counter].as_u64().expect("counter")
+    }
+
+    pub fn weight(&self, service: &str, percent: f64) {
+        let (ok, _, err) = self.sluice(&["weight", service, &percent.to_string()]);
+        assert!(ok, "sluice weight failed: {err}");
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` at least `n` times.
+    pub fn wait_log(&self, needle: &str, n: usize, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.log().matches(needle).count() >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("log never had {n}x {needle:?}:\n{}", self.log());
+    }
+
+    pub fn maps_dir(&self) -> PathBuf {
+        sluice::dataplane::abi_dir(&self.pin_path).join("maps")
+    }
+
+    /// Programs attached to a cgroup, as bpftool sees them.
+    pub fn attached(cgroup: &Path) -> Vec<String> {
+        let v = crate::bpftool(&["cgroup", "show", &cgroup.display().to_string()]);
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| p["name"].as_str().unwrap_or("").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = Command::new(sluice_bin())
+            .args(["detach", "--pin-path"])
+            .arg(&self.pin_path)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

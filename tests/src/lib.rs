@@ -1,0 +1,125 @@
+//! Harness for sluice's kernel tests: throwaway cgroups, loopback backends that say who they
+//! are, the agent as a real process, and the probe client. Everything a test creates is
+//! removed when its handle drops; processes are stopped by their own pid only.
+
+pub mod agent;
+pub mod backend;
+pub mod cgroup;
+
+use std::{net::SocketAddr, process::Command};
+
+pub use agent::Agent;
+pub use backend::Backend;
+pub use cgroup::TestCgroup;
+
+/// Whether a test that needs root may run. Without root it says so and skips, unless
+/// `CI=true`, where skipping would hide that nothing was tested: then it fails.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test} needs root, and CI=true forbids skipping it");
+    }
+    eprintln!("SKIPPED {test}: needs root (run `cargo xtask test` as root)");
+    false
+}
+
+/// A unique tag for names of things a test creates.
+pub fn tag(test: &str) -> String {
+    format!("{test}-{}", std::process::id())
+}
+
+/// What the probe saw over N connections.
+#[derive(Debug)]
+pub struct ProbeResult {
+    pub replies: std::collections::BTreeMap<String, u64>,
+    pub errors: std::collections::BTreeMap<String, u64>,
+    pub peer_vip: u64,
+    pub peer_other: u64,
+}
+
+impl ProbeResult {
+    pub fn from(&self, backend: &str) -> u64 {
+        self.replies.get(backend).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.replies.values().sum()
+    }
+}
+
+/// The probe binary: cargo builds it beside the test executables' `deps/` folder.
+pub fn probe_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    dir.join("sluice-probe")
+}
+
+/// Runs the probe: joins `cgroup` (if any), makes `count` connections to `target`.
+pub fn probe(cgroup: Option<&TestCgroup>, target: SocketAddr, count: u64) -> ProbeResult {
+    let mut cmd = Command::new(probe_bin());
+    if let Some(cg) = cgroup {
+        cmd.arg("--cgroup").arg(cg.path());
+    }
+    let out = cmd
+        .args([
+            "--connect",
+            &target.to_string(),
+            "--count",
+            &count.to_string(),
+        ])
+        .output()
+        .expect("run sluice-probe");
+    assert!(
+        out.status.success(),
+        "probe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe output");
+    let map = |k: &str| {
+        v[k].as_object()
+            .expect("object")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_u64().expect("count")))
+            .collect()
+    };
+    ProbeResult {
+        replies: map("replies"),
+        errors: map("errors"),
+        peer_vip: v["peer_vip"].as_u64().expect("peer_vip"),
+        peer_other: v["peer_other"].as_u64().expect("peer_other"),
+    }
+}
+
+/// z-score of `k` successes in `n` trials against probability `p`.
+pub fn z_score(k: u64, n: u64, p: f64) -> f64 {
+    let n_f = n as f64;
+    (k as f64 - n_f * p) / (n_f * p * (1.0 - p)).sqrt()
+}
+
+/// A port nothing listens on at `ip` right now (for virtual addresses: nothing must).
+pub fn unused_port(ip: &str) -> u16 {
+    let l = std::net::TcpListener::bind((ip, 0)).expect("bind for a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// `bpftool --json ARGS`, parsed.
+pub fn bpftool(args: &[&str]) -> serde_json::Value {
+    let out = Command::new("bpftool")
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run bpftool (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        // `bpftool cgroup show` prints nothing at all for a cgroup with no programs.
+        return serde_json::Value::Array(Vec::new());
+    }
+    serde_json::from_slice(&out.stdout).expect("bpftool json")
+}

@@ -1,0 +1,165 @@
+//! Reloads: every bad configuration is rejected with a message naming its key, and the
+//! kernel maps are byte-for-byte what they were (read with bpftool, not with sluice); a good
+//! one then applies. Needs root.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use sluice_tests::{Agent, Backend, TestCgroup, bpftool, probe, root_or_skip, tag, unused_port};
+
+fn dump_maps(agent: &Agent) -> Vec<serde_json::Value> {
+    ["SLUICE_SERVICES", "SLUICE_SLOTS", "SLUICE_SEGMENTS"]
+        .iter()
+        .map(|m| {
+            let path = agent.maps_dir().join(m).display().to_string();
+            bpftool(&["map", "dump", "pinned", &path])
+        })
+        .collect()
+}
+
+fn bad_configs() -> Vec<(PathBuf, String, Vec<String>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/bad");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("config/bad")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f).expect("read");
+            let expect = text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# expect: "))
+                .expect("expect line")
+                .split(" ... ")
+                .map(String::from)
+                .collect();
+            (f, text, expect)
+        })
+        .collect()
+}
+
+#[test]
+fn bad_configs_are_rejected_and_change_nothing_in_the_kernel() {
+    if !root_or_skip("bad_configs_are_rejected_and_change_nothing_in_the_kernel") {
+        return;
+    }
+    let t = tag("reload");
+    let cg = TestCgroup::new(&t);
+    let segment = cg.child("team-a");
+    let (stable, canary) = (
+        Backend::start("127.0.0.1", "stable"),
+        Backend::start("127.0.0.1", "canary"),
+    );
+    let stable_b = Backend::start("127.0.0.1", "stable");
+    let vip: std::net::SocketAddr = format!("127.77.4.1:{}", unused_port("127.77.4.1"))
+        .parse()
+        .expect("vip");
+    let services = |share: u32| {
+        format!(
+            "  - name: web\n    virtual_addresses: [\"{vip}\"]\n    canary_percent: {share}\n    \
+             stable: [{{address: \"{}\", weight: 2}}, {{address: \"{}\"}}]\n    \
+             canary: [{{address: \"{}\"}}]\n    segment: [\"{}\"]\n",
+            stable.addr,
+            stable_b.addr,
+            canary.addr,
+            segment.path().display()
+        )
+    };
+    let agent = Agent::start(&t, &cg, &services(10));
+    let before = dump_maps(&agent);
+    assert!(
+        before
+            .iter()
+            .all(|m| !m.as_array().expect("array").is_empty()),
+        "every map holds entries: {before:?}"
+    );
+
+    let bad = bad_configs();
+    assert!(bad.len() >= 15);
+    for (i, (file, text, expect)) in bad.iter().enumerate() {
+        // Through the file watcher for most, SIGHUP for every third.
+        agent.write_raw_config(text);
+        if i % 3 == 0 {
+            agent.signal(libc::SIGHUP);
+        }
+        agent.wait_log("configuration rejected", i + 1, Duration::from_secs(5));
+        let log = agent.log();
+        let last = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("configuration rejected"))
+            .expect("line");
+        for part in expect {
+            assert!(
+                last.contains(part.as_str()),
+                "{}: log line {last:?} lacks {part:?}",
+                file.display()
+            );
+        }
+        assert_eq!(
+            dump_maps(&agent),
+            before,
+            "{} changed the kernel maps",
+            file.display()
+        );
+        // `sluice check` says the same, exit 64.
+        let out = Command::new(sluice_tests::agent::sluice_bin())
+            .args(["check", "--config"])
+            .arg(file)
+            .output()
+            .expect("sluice check");
+        assert_eq!(out.status.code(), Some(64), "{}", file.display());
+    }
+    // Steering still runs on the old configuration.
+    let r = probe(Some(&segment), vip, 100);
+    assert_eq!(r.total(), 100, "{r:?}");
+
+    // A good configuration then applies: the dumps can and do see a change.
+    agent.write_config(&cg, &services(20));
+    agent.wait_log("configuration applied", 1, Duration::from_secs(5));
+    assert_ne!(dump_maps(&agent), before);
+    assert_eq!(agent.status()["services"][0]["canary_percent"], 20.0);
+    drop(agent);
+    drop(segment);
+}
+
+#[test]
+fn a_bad_config_at_startup_exits_64_and_leaves_existing_pins_alone() {
+    if !root_or_skip("a_bad_config_at_startup_exits_64") {
+        return;
+    }
+    let t = tag("badstart");
+    let cg = TestCgroup::new(&t);
+    let stable = Backend::start("127.0.0.1", "stable");
+    let vip: std::net::SocketAddr = format!("127.77.4.2:{}", unused_port("127.77.4.2"))
+        .parse()
+        .expect("vip");
+    let yaml = format!(
+        "  - name: web\n    virtual_addresses: [\"{vip}\"]\n    stable: [{{address: \"{}\"}}]\n",
+        stable.addr
+    );
+    let mut agent = Agent::start(&t, &cg, &yaml);
+    agent.kill9();
+    let before = dump_maps(&agent);
+    let text = agent.config_text(&cg, &yaml) + "    canary_percent: 101\n";
+    agent.write_raw_config(&text);
+    let out = Command::new(sluice_tests::agent::sluice_bin())
+        .args(["run", "--config"])
+        .arg(&agent.config_path)
+        .output()
+        .expect("sluice run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("services[0].canary_percent: 101 is out of range"),
+        "{err}"
+    );
+    assert_eq!(dump_maps(&agent), before);
+    assert_eq!(
+        Agent::attached(cg.path()).len(),
+        4,
+        "the running programs are left alone"
+    );
+}
