@@ -53,12 +53,13 @@ pub fn connect4(ctx: &SockAddrContext) -> i32 {
     };
     if !is_v4_mapped(&backend.addr) {
         maps::count(svc.id, FAMILY_MISMATCH);
+        // SAFETY: plain helper call.
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return REFUSE;
     }
     sa.user_ip4 = backend.addr[3];
     sa.user_port = backend.port as u32;
-    tag(ctx, &key, svc, &backend);
+    steered(ctx, &key, svc, &backend);
     PASS
 }
 
@@ -78,6 +79,7 @@ pub fn connect6(ctx: &SockAddrContext) -> i32 {
         return PASS;
     };
     let Some(backend) = choose(svc) else {
+        // SAFETY: plain helper call.
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return REFUSE;
     };
@@ -85,7 +87,7 @@ pub fn connect6(ctx: &SockAddrContext) -> i32 {
     // is IPV6_V6ONLY, in which case the kernel refuses the connect itself).
     maps::write_ip6(&mut sa.user_ip6, &backend.addr);
     sa.user_port = backend.port as u32;
-    tag(ctx, &key, svc, &backend);
+    steered(ctx, &key, svc, &backend);
     PASS
 }
 
@@ -129,14 +131,6 @@ fn choose(svc: &Service) -> Option<Backend> {
             if canary_fallback {
                 maps::count(svc.id, CANARY_EMPTY_FALLBACK);
             }
-            maps::count(
-                svc.id,
-                if version == VERSION_CANARY {
-                    STEERED_CANARY
-                } else {
-                    STEERED_STABLE
-                },
-            );
             Some(*backend)
         }
     }
@@ -170,6 +164,20 @@ fn caller_in_segment(svc: &Service, cgroup_id: u64) -> bool {
     }
     maps::count(svc.id, SEGMENT_EXCLUDED);
     false
+}
+
+/// Counts a connection whose destination was rewritten, and tags its socket.
+#[inline(always)]
+fn steered(ctx: &SockAddrContext, vip: &VipKey, svc: &Service, backend: &Backend) {
+    maps::count(
+        svc.id,
+        if backend.version == VERSION_CANARY {
+            STEERED_CANARY
+        } else {
+            STEERED_STABLE
+        },
+    );
+    tag(ctx, vip, svc, backend);
 }
 
 /// Records on the socket what it was steered to, for `getpeername` and the metrics hooks.

@@ -163,3 +163,59 @@ fn a_bad_config_at_startup_exits_64_and_leaves_existing_pins_alone() {
         "the running programs are left alone"
     );
 }
+
+/// A Kubernetes ConfigMap volume updates by writing a new `..<timestamp>` directory and
+/// atomically swapping the `..data` symlink; the file path itself is a symlink through it.
+/// The daemon must notice and apply the new content.
+#[test]
+fn a_configmap_style_symlink_swap_is_applied() {
+    if !root_or_skip("a_configmap_style_symlink_swap_is_applied") {
+        return;
+    }
+    let t = tag("symlink");
+    let cg = TestCgroup::new(&t);
+    let (stable, canary) = (
+        Backend::start("127.0.0.1", "stable"),
+        Backend::start("127.0.0.1", "canary"),
+    );
+    let vip: std::net::SocketAddr = format!("127.77.4.3:{}", unused_port("127.77.4.3"))
+        .parse()
+        .expect("vip");
+    let services = |share: u32| {
+        format!(
+            "  - name: web\n    virtual_addresses: [\"{vip}\"]\n    canary_percent: {share}\n    \
+             stable: [{{address: \"{}\"}}]\n    canary: [{{address: \"{}\"}}]\n",
+            stable.addr, canary.addr
+        )
+    };
+    let mut agent = Agent::start(&t, &cg, &services(0));
+    agent.kill9();
+    // Re-lay the config as a ConfigMap volume: sluice.yaml -> ..data/sluice.yaml,
+    // ..data -> ..v1.
+    let volume = agent.config_path.parent().expect("dir").join("volume");
+    let texts = [
+        agent.config_text(&cg, &services(0)),
+        agent.config_text(&cg, &services(100)),
+    ];
+    let version_dir = |n: u32, text: &str| {
+        let d = volume.join(format!("..v{n}"));
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::fs::write(d.join("sluice.yaml"), text).expect("write");
+    };
+    version_dir(1, &texts[0]);
+    std::os::unix::fs::symlink("..v1", volume.join("..data")).expect("..data");
+    std::os::unix::fs::symlink("..data/sluice.yaml", volume.join("sluice.yaml"))
+        .expect("file link");
+    std::fs::remove_file(&agent.config_path).expect("rm");
+    std::os::unix::fs::symlink(volume.join("sluice.yaml"), &agent.config_path).expect("link");
+    agent.spawn();
+    assert_eq!(probe(Some(&cg), vip, 100).from("stable"), 100);
+
+    // The update: a new directory, then an atomic rename of a fresh ..data symlink.
+    version_dir(2, &texts[1]);
+    std::os::unix::fs::symlink("..v2", volume.join("..data_tmp")).expect("tmp link");
+    std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).expect("swap");
+    agent.wait_log("configuration applied", 1, Duration::from_secs(5));
+    let r = probe(Some(&cg), vip, 100);
+    assert_eq!(r.from("canary"), 100, "{r:?}");
+}

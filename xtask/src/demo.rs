@@ -172,7 +172,7 @@ impl DemoEnv {
     }
 }
 
-fn wait_for_socket(path: &Path, timeout: Duration) -> anyhow::Result<()> {
+pub fn wait_for_socket(path: &Path, timeout: Duration) -> anyhow::Result<()> {
     let end = Instant::now() + timeout;
     while Instant::now() < end {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -183,7 +183,7 @@ fn wait_for_socket(path: &Path, timeout: Duration) -> anyhow::Result<()> {
     bail!("no answer on {} after {timeout:?}", path.display())
 }
 
-fn cgroup2_mount() -> anyhow::Result<PathBuf> {
+pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
     let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
     mi.lines()
         .find_map(|l| {
@@ -195,15 +195,15 @@ fn cgroup2_mount() -> anyhow::Result<PathBuf> {
 }
 
 /// A TCP server on loopback that answers every connection with its name, and counts them.
-struct Backend {
+pub struct Backend {
     addr: SocketAddr,
-    count: Arc<AtomicU64>,
+    pub count: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: thread::JoinHandle<()>,
 }
 
 impl Backend {
-    fn start(addr: &str, name: &'static str) -> anyhow::Result<Self> {
+    pub fn start(addr: &str, name: &'static str) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
         let addr = listener.local_addr()?;
         let count = Arc::new(AtomicU64::new(0));
@@ -229,7 +229,7 @@ impl Backend {
         })
     }
 
-    fn stop(self) {
+    pub fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
         // Wake the accept loop (loopback, our own listener).
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));

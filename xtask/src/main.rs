@@ -1,6 +1,7 @@
 //! `cargo xtask setup|test|demo`: everything a fresh machine needs, then the job.
 
 mod demo;
+mod measure;
 mod setup;
 mod test;
 mod util;
@@ -29,6 +30,24 @@ enum Command {
     /// Set up, build, and show steering live: two local backends, a virtual address, a
     /// client in a demo cgroup, the canary share stepped up while the split is shown.
     Demo,
+    /// Measure steering's cost: kernel run time per call of each hook
+    /// (kernel.bpf_stats_enabled) and connections per second through a virtual address
+    /// against a direct connect to the same backend, alternating in one run.
+    Measure {
+        /// Connections per round.
+        #[arg(long, default_value_t = 20_000)]
+        connections: u64,
+        /// Rounds of each path (alternating direct, steered).
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+    },
+    /// (internal) The measure client: joins a cgroup, connects N times as fast as it can.
+    #[command(hide = true)]
+    MeasureClient {
+        cgroup: std::path::PathBuf,
+        address: std::net::SocketAddr,
+        connections: u64,
+    },
     /// (internal) The demo's client: joins a cgroup and connects in a bounded loop.
     #[command(hide = true)]
     DemoClient {
@@ -49,6 +68,18 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             demo::demo()
         }
+        Command::Measure {
+            connections,
+            rounds,
+        } => {
+            setup::setup()?;
+            measure::measure(connections, rounds)
+        }
+        Command::MeasureClient {
+            cgroup,
+            address,
+            connections,
+        } => measure::client(&cgroup, address, connections),
         Command::DemoClient {
             cgroup,
             address,

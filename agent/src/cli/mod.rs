@@ -27,13 +27,10 @@ pub mod exit {
 /// sluice steers a share of new TCP connections to a service's virtual address to its canary
 /// backends, in the kernel, at connect() time, for every process in a cgroup v2 subtree.
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, about, long_about = None)]
+#[command(name = "sluice", version)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log format of `sluice run` (logs go to stderr; filter with RUST_LOG, default info).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain)]
-    log_format: LogFormat,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -58,9 +55,13 @@ enum Command {
         /// Configuration file (YAML).
         #[arg(long, short, env = "SLUICE_CONFIG")]
         config: PathBuf,
+        /// Log format (logs go to stderr; RUST_LOG filters, default info).
+        #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
+        log_format: LogFormat,
     },
     /// Validate a configuration file without root and without a daemon. Exits 64 if invalid.
     Check {
+        /// Configuration file (YAML).
         #[arg(long, short, env = "SLUICE_CONFIG")]
         config: PathBuf,
     },
@@ -78,16 +79,21 @@ enum Command {
     /// connections see it at once; open ones keep their backend. Kept until the
     /// configuration's own share for the service changes.
     Weight {
+        /// Service name, as in the configuration.
         service: String,
+        /// Canary share in percent.
         percent: f64,
+        /// The daemon's control socket.
         #[arg(long, default_value = DEFAULT_API_SOCKET, env = "SLUICE_SOCKET")]
         socket: PathBuf,
     },
     /// Remove every program, link and pin: steering stops. Asks a running daemon to do it
     /// (and exit); without one, removes the pins itself.
     Detach {
+        /// The pin directory of the agent to detach (the config's `pin_path`).
         #[arg(long, default_value = crate::config::DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
+        /// The daemon's control socket.
         #[arg(long, default_value = DEFAULT_API_SOCKET, env = "SLUICE_SOCKET")]
         socket: PathBuf,
     },
@@ -96,7 +102,7 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => run::run(&config, cli.log_format),
+        Command::Run { config, log_format } => run::run(&config, log_format),
         Command::Check { config } => check::check(&config),
         Command::Status {
             service,

@@ -394,8 +394,8 @@ pub fn status(
                 std::net::SocketAddr::new(words_addr(b.addr), u16::from_be(b.port)).to_string()
             };
             let list = |t: &[Backend]| {
+                // A weighted backend fills several slots: list it once.
                 let mut v: Vec<String> = t.iter().map(addr).collect();
-                v.dedup();
                 v.sort();
                 v.dedup();
                 v

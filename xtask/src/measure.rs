@@ -1,0 +1,183 @@
+//! `cargo xtask measure`: what steering costs, measured side by side in one run.
+//!
+//! A client process in a throwaway cgroup connects N times to a loopback backend, alternately
+//! straight to the backend and through a virtual address sluice steers to it. Both paths run
+//! the same connect4 program (a direct connect takes its early exit: the "not a virtual
+//! address" cost); the per-program run time comes from the kernel's own accounting
+//! (kernel.bpf_stats_enabled), as deltas over each kind of round.
+
+use std::{
+    collections::BTreeMap,
+    io::Read as _,
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    demo::{Backend, cgroup2_mount, wait_for_socket},
+    util::{cargo, output, run, workspace_root},
+};
+
+const BACKEND: &str = "127.0.12.1:8080";
+const CANARY: &str = "127.0.12.2:8080";
+const VIP: &str = "127.0.12.100:80";
+const PIN_PATH: &str = "/sys/fs/bpf/sluice-measure";
+const SOCKET: &str = "/run/sluice-measure/sluice.sock";
+const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+pub fn measure(connections: u64, rounds: u32) -> anyhow::Result<()> {
+    if !crate::util::is_root() {
+        bail!("measuring attaches kernel programs: run it as root");
+    }
+    run(cargo().args(["build", "--release", "--package", "sluice"]))?;
+    let sluice = workspace_root().join("target/release/sluice");
+    let cgroup = cgroup2_mount()?.join("sluice-measure");
+    std::fs::create_dir_all(&cgroup)?;
+    let backend = Backend::start(BACKEND, "stable")?;
+    let canary = Backend::start(CANARY, "canary")?;
+    let dir = std::env::temp_dir().join("sluice-measure");
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("sluice.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cgroup: {}\npin_path: {PIN_PATH}\napi_socket: {SOCKET}\nservices:\n  - name: measure\n    \
+             virtual_addresses: [\"{VIP}\"]\n    canary_percent: 10\n    stable: [{{address: \"{BACKEND}\"}}]\n    \
+             canary: [{{address: \"{CANARY}\"}}]\n",
+            cgroup.display()
+        ),
+    )?;
+    let stats_before = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
+    std::fs::write(STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let mut daemon = Command::new(&sluice)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let result = wait_for_socket(Path::new(SOCKET), Duration::from_secs(10))
+        .and_then(|()| rounds_side_by_side(&cgroup, connections, rounds));
+    let _ = Command::new(&sluice)
+        .args(["detach", "--pin-path", PIN_PATH, "--socket", SOCKET])
+        .output();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = std::fs::write(STATS, stats_before.trim());
+    backend.stop();
+    canary.stop();
+    let _ = std::fs::remove_dir(&cgroup);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn rounds_side_by_side(cgroup: &Path, connections: u64, rounds: u32) -> anyhow::Result<()> {
+    let mut rate = BTreeMap::<&str, Vec<f64>>::new();
+    let mut cost = BTreeMap::<(&str, String), (u64, u64)>::new();
+    for round in 0..rounds {
+        for (label, target) in [("direct", BACKEND), ("steered", VIP)] {
+            // TIME_WAIT from the previous round must not skew this one: the client resets.
+            let before = prog_stats()?;
+            let start = Instant::now();
+            let out = output(
+                Command::new(std::env::current_exe()?)
+                    .arg("measure-client")
+                    .arg(cgroup)
+                    .args([target, &connections.to_string()]),
+            )
+            .context("measure client failed")?;
+            let secs = start.elapsed().as_secs_f64();
+            let ok: u64 = out.trim().parse().context("client output")?;
+            if ok != connections {
+                bail!("{label} round {round}: {ok} of {connections} connections succeeded");
+            }
+            rate.entry(label)
+                .or_default()
+                .push(connections as f64 / secs);
+            for (name, (ns, cnt)) in prog_stats()? {
+                let (b_ns, b_cnt) = before.get(&name).copied().unwrap_or((0, 0));
+                let e = cost.entry((label, name)).or_default();
+                e.0 += ns - b_ns;
+                e.1 += cnt - b_cnt;
+            }
+        }
+    }
+    let median = |v: &Vec<f64>| {
+        let mut v = v.clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (direct, steered) = (median(&rate["direct"]), median(&rate["steered"]));
+    println!("connections per second (median of {rounds} rounds of {connections}, alternating):");
+    println!("  direct to the backend   {direct:>9.0}");
+    println!(
+        "  through the VIP         {steered:>9.0}   ratio {:.3}",
+        steered / direct
+    );
+    println!("kernel run time per call (bpf_stats), by the kind of round it ran in:");
+    for ((label, name), (ns, cnt)) in &cost {
+        if *cnt > 0 {
+            println!(
+                "  {label:<8} {name:<22} {:>7.1} ns  ({cnt} calls)",
+                *ns as f64 / *cnt as f64
+            );
+        }
+    }
+    Ok(())
+}
+
+/// (run_time_ns, run_cnt) of every loaded sluice program, summed by name.
+fn prog_stats() -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
+    let out = output(Command::new("bpftool").args(["--json", "prog", "show"]))
+        .context("bpftool prog show")?;
+    let progs: Vec<serde_json::Value> = serde_json::from_str(&out).context("bpftool json")?;
+    let mut stats = BTreeMap::new();
+    for p in progs {
+        let Some(name) = p["name"].as_str().filter(|n| n.starts_with("sluice_")) else {
+            continue;
+        };
+        let e: &mut (u64, u64) = stats.entry(name.to_owned()).or_default();
+        e.0 += p["run_time_ns"].as_u64().unwrap_or(0);
+        e.1 += p["run_cnt"].as_u64().unwrap_or(0);
+    }
+    Ok(stats)
+}
+
+/// Joins `cgroup`, then connects `n` times: connect, read the greeting, getpeername, reset.
+pub fn client(cgroup: &Path, address: SocketAddr, n: u64) -> anyhow::Result<()> {
+    std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string())?;
+    let mut ok = 0u64;
+    for _ in 0..n {
+        if let Ok(mut s) = TcpStream::connect_timeout(&address, Duration::from_secs(2)) {
+            let _ = s.peer_addr();
+            let mut buf = [0u8; 16];
+            if s.read(&mut buf).is_ok() {
+                ok += 1;
+            }
+            reset_on_close(&s);
+        }
+    }
+    println!("{ok}");
+    Ok(())
+}
+
+/// SO_LINGER 0: close() resets, so tens of thousands of connections leave no TIME_WAIT.
+fn reset_on_close(s: &TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd and a pointer to a live, correctly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
