@@ -5,6 +5,12 @@
 //! 5.8 (getpeername hooks); `bpf_set_retval` (5.18) gives a refused connect its errno.
 #![no_std]
 #![no_main]
+// Atomic adds on map values (see maps::add); the kernel crate always builds with nightly.
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "core::intrinsics::atomic_xadd for BPF atomic adds"
+)]
 
 mod maps;
 mod peername;

@@ -58,8 +58,10 @@ pub fn in_segment(key: &SegmentKey) -> bool {
 #[inline(always)]
 pub fn count(service: u32, counter: u32) {
     if let Some(c) = SLUICE_STEER_COUNTERS.get_ptr_mut(steer_index(service, counter)) {
-        // SAFETY: per-CPU slot, and the program runs with preemption/migration disabled.
-        unsafe { *c += 1 };
+        // Atomic even though the slot is per-CPU: programs run with migration, not
+        // preemption, disabled, so another program on this CPU can interleave a plain +=.
+        // SAFETY: a valid, 8-byte aligned per-CPU slot for the program's run.
+        add(c, 1);
     }
 }
 
@@ -87,4 +89,16 @@ pub fn write_ip6(words: &mut [u32; 4], addr: &[u32; 4]) {
         core::ptr::write_volatile(&mut words[2], addr[2]);
         core::ptr::write_volatile(&mut words[3], addr[3]);
     }
+}
+
+/// `*counter += n` as one BPF atomic add (`lock xadd`). The BPF target has no 64-bit
+/// `AtomicU64::fetch_add`, but the intrinsic compiles to exactly that instruction.
+#[inline(always)]
+pub fn add(counter: *mut u64, n: u64) {
+    // SAFETY: callers pass a valid, aligned pointer into a map value.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            counter, n,
+        )
+    };
 }

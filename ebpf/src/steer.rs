@@ -36,31 +36,21 @@ pub fn connect4(ctx: &SockAddrContext) -> i32 {
     if sa.protocol != IPPROTO_TCP as u32 {
         return PASS;
     }
-    let key = VipKey {
-        addr: v4_mapped(sa.user_ip4),
-        port: sa.user_port as u16,
-        proto: IPPROTO_TCP,
-        _pad: 0,
-    };
-    // First check, before any other work: is this a virtual address at all?
-    let Some(svc) = maps::service(&key) else {
-        return PASS;
-    };
-    let Some(backend) = choose(svc) else {
-        // SAFETY: plain helper call; the program type allows it (cgroup sock_addr).
-        unsafe { bpf_set_retval(-ECONNREFUSED) };
-        return REFUSE;
-    };
-    if !is_v4_mapped(&backend.addr) {
-        maps::count(svc.id, FAMILY_MISMATCH);
-        // SAFETY: plain helper call.
-        unsafe { bpf_set_retval(-ECONNREFUSED) };
-        return REFUSE;
+    let key = vip_key(v4_mapped(sa.user_ip4), sa.user_port);
+    match route(&key) {
+        Route::NotOurs => PASS,
+        Route::Refuse => refuse(),
+        Route::To(svc, backend) if !is_v4_mapped(&backend.addr) => {
+            maps::count(svc.id, FAMILY_MISMATCH);
+            refuse()
+        }
+        Route::To(svc, backend) => {
+            sa.user_ip4 = backend.addr[3];
+            sa.user_port = backend.port as u32;
+            steered(ctx, &key, svc, &backend);
+            PASS
+        }
     }
-    sa.user_ip4 = backend.addr[3];
-    sa.user_port = backend.port as u32;
-    steered(ctx, &key, svc, &backend);
-    PASS
 }
 
 pub fn connect6(ctx: &SockAddrContext) -> i32 {
@@ -69,26 +59,57 @@ pub fn connect6(ctx: &SockAddrContext) -> i32 {
     if sa.protocol != IPPROTO_TCP as u32 {
         return PASS;
     }
-    let key = VipKey {
-        addr: maps::read_ip6(&sa.user_ip6),
-        port: sa.user_port as u16,
+    let key = vip_key(maps::read_ip6(&sa.user_ip6), sa.user_port);
+    match route(&key) {
+        Route::NotOurs => PASS,
+        Route::Refuse => refuse(),
+        Route::To(svc, backend) => {
+            // An IPv6 socket reaches an IPv4 backend through its v4-mapped form (unless it
+            // is IPV6_V6ONLY, in which case the kernel refuses the connect itself).
+            maps::write_ip6(&mut sa.user_ip6, &backend.addr);
+            sa.user_port = backend.port as u32;
+            steered(ctx, &key, svc, &backend);
+            PASS
+        }
+    }
+}
+
+#[inline(always)]
+fn vip_key(addr: [u32; 4], user_port: u32) -> VipKey {
+    VipKey {
+        addr,
+        port: user_port as u16,
         proto: IPPROTO_TCP,
         _pad: 0,
+    }
+}
+
+enum Route<'a> {
+    /// Not a virtual address: leave the connect alone.
+    NotOurs,
+    /// A virtual address with nowhere to go: fail the connect.
+    Refuse,
+    /// Rewrite to this backend.
+    To(&'a Service, Backend),
+}
+
+/// First check, before any other work: is the destination a virtual address at all?
+#[inline(always)]
+fn route(key: &VipKey) -> Route<'_> {
+    let Some(svc) = maps::service(key) else {
+        return Route::NotOurs;
     };
-    let Some(svc) = maps::service(&key) else {
-        return PASS;
-    };
-    let Some(backend) = choose(svc) else {
-        // SAFETY: plain helper call.
-        unsafe { bpf_set_retval(-ECONNREFUSED) };
-        return REFUSE;
-    };
-    // An IPv6 socket reaches an IPv4 backend through its v4-mapped form (unless the socket
-    // is IPV6_V6ONLY, in which case the kernel refuses the connect itself).
-    maps::write_ip6(&mut sa.user_ip6, &backend.addr);
-    sa.user_port = backend.port as u32;
-    steered(ctx, &key, svc, &backend);
-    PASS
+    match choose(svc) {
+        Some(backend) => Route::To(svc, backend),
+        None => Route::Refuse,
+    }
+}
+
+#[inline(always)]
+fn refuse() -> i32 {
+    // SAFETY: plain helper call; cgroup sock_addr programs may set the syscall's errno.
+    unsafe { bpf_set_retval(-ECONNREFUSED) };
+    REFUSE
 }
 
 /// Picks the backend for one connection, counting the outcome. `None` refuses the connect.

@@ -41,13 +41,6 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         rounds: u32,
     },
-    /// (internal) The measure client: joins a cgroup, connects N times as fast as it can.
-    #[command(hide = true)]
-    MeasureClient {
-        cgroup: std::path::PathBuf,
-        address: std::net::SocketAddr,
-        connections: u64,
-    },
     /// (internal) The demo's client: joins a cgroup and connects in a bounded loop.
     #[command(hide = true)]
     DemoClient {
@@ -75,11 +68,6 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             measure::measure(connections, rounds)
         }
-        Command::MeasureClient {
-            cgroup,
-            address,
-            connections,
-        } => measure::client(&cgroup, address, connections),
         Command::DemoClient {
             cgroup,
             address,

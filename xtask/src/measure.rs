@@ -8,8 +8,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::Read as _,
-    net::{SocketAddr, TcpStream},
     path::Path,
     process::Command,
     time::{Duration, Instant},
@@ -34,6 +32,16 @@ pub fn measure(connections: u64, rounds: u32) -> anyhow::Result<()> {
         bail!("measuring attaches kernel programs: run it as root");
     }
     run(cargo().args(["build", "--release", "--package", "sluice"]))?;
+    // The tests' probe is the client: it joins the cgroup, then connect, read, getpeername
+    // and close with a reset (no TIME_WAIT), N times.
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "sluice-tests",
+        "--bin",
+        "sluice-probe",
+    ]))?;
     let sluice = workspace_root().join("target/release/sluice");
     let cgroup = cgroup2_mount()?.join("sluice-measure");
     std::fs::create_dir_all(&cgroup)?;
@@ -78,18 +86,21 @@ fn rounds_side_by_side(cgroup: &Path, connections: u64, rounds: u32) -> anyhow::
     let mut cost = BTreeMap::<(&str, String), (u64, u64)>::new();
     for round in 0..rounds {
         for (label, target) in [("direct", BACKEND), ("steered", VIP)] {
-            // TIME_WAIT from the previous round must not skew this one: the client resets.
             let before = prog_stats()?;
             let start = Instant::now();
             let out = output(
-                Command::new(std::env::current_exe()?)
-                    .arg("measure-client")
+                Command::new(workspace_root().join("target/release/sluice-probe"))
+                    .arg("--cgroup")
                     .arg(cgroup)
-                    .args([target, &connections.to_string()]),
+                    .args(["--connect", target, "--count", &connections.to_string()]),
             )
-            .context("measure client failed")?;
+            .context("the probe failed")?;
             let secs = start.elapsed().as_secs_f64();
-            let ok: u64 = out.trim().parse().context("client output")?;
+            let report: serde_json::Value = serde_json::from_str(&out).context("probe output")?;
+            let ok: u64 = report["replies"]
+                .as_object()
+                .map(|r| r.values().filter_map(serde_json::Value::as_u64).sum())
+                .unwrap_or(0);
             if ok != connections {
                 bail!("{label} round {round}: {ok} of {connections} connections succeeded");
             }
@@ -143,41 +154,4 @@ fn prog_stats() -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
         e.1 += p["run_cnt"].as_u64().unwrap_or(0);
     }
     Ok(stats)
-}
-
-/// Joins `cgroup`, then connects `n` times: connect, read the greeting, getpeername, reset.
-pub fn client(cgroup: &Path, address: SocketAddr, n: u64) -> anyhow::Result<()> {
-    std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string())?;
-    let mut ok = 0u64;
-    for _ in 0..n {
-        if let Ok(mut s) = TcpStream::connect_timeout(&address, Duration::from_secs(2)) {
-            let _ = s.peer_addr();
-            let mut buf = [0u8; 16];
-            if s.read(&mut buf).is_ok() {
-                ok += 1;
-            }
-            reset_on_close(&s);
-        }
-    }
-    println!("{ok}");
-    Ok(())
-}
-
-/// SO_LINGER 0: close() resets, so tens of thousands of connections leave no TIME_WAIT.
-fn reset_on_close(s: &TcpStream) {
-    use std::os::fd::AsRawFd as _;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket fd and a pointer to a live, correctly sized linger struct.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
 }
