@@ -15,6 +15,7 @@ use crate::{
     api::{self, Request, Response},
     config::{self, Config, ConfigError},
     dataplane::{Dataplane, DataplaneError, detach_pins},
+    metrics::{self, Scrape, ShareWindows},
 };
 
 /// How often the configuration file is re-read to notice changes. ConfigMap updates swap a
@@ -31,6 +32,8 @@ pub enum DaemonError {
     Dataplane(#[from] DataplaneError),
     #[error(transparent)]
     Api(#[from] api::ServerError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::ServeError),
     #[error("installing a signal handler")]
     Signal(#[source] std::io::Error),
 }
@@ -46,12 +49,16 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     let mut dp = Dataplane::load(&config)?;
     let report = dp.apply(&config)?;
     let adopted = dp.attach()?;
+    let (scrape_tx, mut scrapes) = mpsc::channel(16);
+    let metrics_address = metrics::serve(config.metrics_address, scrape_tx).await?;
+    let mut windows = ShareWindows::default();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         config = %config_path.display(),
         cgroup = %dp.cgroup().display(),
         pin_dir = %dp.pin_dir().display(),
         api_socket = %config.api_socket.display(),
+        metrics = %metrics_address,
         services = config.services.len(),
         added = report.added,
         adopted_links = adopted,
@@ -71,12 +78,31 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
                 reload(&mut dp, &mut config, &config_path, "SIGHUP");
             }
             _ = watch.tick() => {
+                match dp.samples() {
+                    Ok(samples) => windows.record(&samples, std::time::Instant::now()),
+                    Err(e) => tracing::warn!(error = %crate::error_chain(&e), "reading counters failed"),
+                }
                 let text = std::fs::read(&config_path).unwrap_or_default();
                 if text != loaded_text {
                     loaded_text = text;
                     reload(&mut dp, &mut config, &config_path, "file changed");
                 }
             }
+            Some(scrape) = scrapes.recv() => match scrape {
+                Scrape::Metrics(reply) => {
+                    let text = match dp.samples() {
+                        Ok(samples) => metrics::encode(&samples, &windows),
+                        Err(e) => {
+                            tracing::warn!(error = %crate::error_chain(&e), "reading counters failed");
+                            String::new()
+                        }
+                    };
+                    let _ = reply.send(text);
+                }
+                Scrape::Ready(reply) => {
+                    let _ = reply.send(());
+                }
+            },
             Some(call) = calls.recv() => {
                 let detach = call.request == Request::Detach;
                 let response = handle(&mut dp, &config, &config_path, call.request);
@@ -117,6 +143,10 @@ fn reload(dp: &mut Dataplane, current: &mut Config, path: &Path, why: &str) {
         ("cgroup", next.cgroup != current.cgroup),
         ("pin_path", next.pin_path != current.pin_path),
         ("api_socket", next.api_socket != current.api_socket),
+        (
+            "metrics_address",
+            next.metrics_address != current.metrics_address,
+        ),
     ] {
         if changed {
             tracing::error!(

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod metrics;
 #[expect(unsafe_code, reason = "the agent's one module of raw syscalls")]
 pub mod sys;
 

@@ -9,6 +9,7 @@ pub mod names {
     pub const SEGMENTS: &str = "SLUICE_SEGMENTS";
     pub const SOCK_TAGS: &str = "SLUICE_SOCK_TAGS";
     pub const STEER_COUNTERS: &str = "SLUICE_STEER_COUNTERS";
+    pub const METRICS: &str = "SLUICE_METRICS";
 }
 
 /// Program names (the kernel crate's function names).
@@ -17,6 +18,11 @@ pub mod programs {
     pub const CONNECT6: &str = "sluice_connect6";
     pub const GETPEERNAME4: &str = "sluice_getpeername4";
     pub const GETPEERNAME6: &str = "sluice_getpeername6";
+    pub const SOCK_OPS: &str = "sluice_sock_ops";
+    pub const SKB_EGRESS: &str = "sluice_skb_egress";
+    pub const SKB_INGRESS: &str = "sluice_skb_ingress";
+    pub const RESET_RECEIVED: &str = "sluice_reset_received";
+    pub const RESET_SENT: &str = "sluice_reset_sent";
 }
 
 /// Version of a service a connection is steered to.
@@ -30,6 +36,8 @@ pub const MODE_STICKY: u8 = 1;
 
 /// [`Service::flags`]: only callers in the service's segment may reach the canary.
 pub const FLAG_SEGMENTED: u8 = 1;
+/// [`Service::flags`]: parse HTTP/1.x on this service's connections.
+pub const FLAG_HTTP1: u8 = 2;
 
 /// Key of `SLUICE_SERVICES`: a virtual address.
 #[repr(C)]
@@ -105,7 +113,8 @@ pub struct SegmentKey {
 const _: () = assert!(size_of::<SegmentKey>() == 16);
 
 /// Socket-local storage of every steered socket. Later hooks read the version from here,
-/// never from addresses (they were rewritten, and ports are reused).
+/// never from addresses (they were rewritten, and ports are reused). Fields that different
+/// hooks write (process context, softirq) are separate bytes, never bits of one byte.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SockTag {
@@ -113,14 +122,26 @@ pub struct SockTag {
     pub vip: [u32; 4],
     pub vip_port: u16,
     pub version: u8,
-    pub _pad: u8,
+    /// 1 when the service parses HTTP/1.x (`l7: http1`).
+    pub http1: u8,
     pub service: u32,
     pub backend: u32,
-    pub _pad2: u32,
-    /// `bpf_ktime_get_ns()` at `connect()`.
+    /// Next sequence numbers expected out and in: earlier ones are retransmissions.
+    pub tx_next: u32,
+    pub rx_next: u32,
+    /// An HTTP request was sent and its response has not started yet.
+    pub outstanding: u8,
+    pub established: u8,
+    /// A reset was received (a reset answering a SYN means the port was closed).
+    pub reset_rx: u8,
+    /// A retransmission timer expired.
+    pub rto: u8,
+    /// `bpf_ktime_get_ns()` at `connect()`, at the handshake's end, at the request's start.
     pub connect_ns: u64,
+    pub established_ns: u64,
+    pub request_ns: u64,
 }
-const _: () = assert!(size_of::<SockTag>() == 40);
+const _: () = assert!(size_of::<SockTag>() == 64);
 
 /// The v4-mapped form of an IPv4 address given in network byte order.
 #[inline(always)]

@@ -12,11 +12,18 @@
     reason = "core::intrinsics::atomic_xadd for BPF atomic adds"
 )]
 
+mod http;
 mod maps;
+mod metrics;
 mod peername;
+mod resets;
 mod steer;
+mod tcp;
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, sock_ops},
+    programs::{BtfTracePointContext, SkBuffContext, SockAddrContext, SockOpsContext},
+};
 
 /// Allow the syscall to continue. Returning 0 instead fails it (errno from `bpf_set_retval`).
 const PASS: i32 = 1;
@@ -41,6 +48,37 @@ pub fn sluice_getpeername4(ctx: SockAddrContext) -> i32 {
 pub fn sluice_getpeername6(ctx: SockAddrContext) -> i32 {
     peername::getpeername6(&ctx);
     PASS
+}
+
+#[sock_ops]
+pub fn sluice_sock_ops(ctx: SockOpsContext) -> u32 {
+    tcp::sock_ops(&ctx);
+    1
+}
+
+/// cgroup_skb programs only observe: 1 lets every packet through.
+#[cgroup_skb(egress)]
+pub fn sluice_skb_egress(ctx: SkBuffContext) -> i32 {
+    http::egress(&ctx);
+    1
+}
+
+#[cgroup_skb(ingress)]
+pub fn sluice_skb_ingress(ctx: SkBuffContext) -> i32 {
+    http::ingress(&ctx);
+    1
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn sluice_reset_received(ctx: BtfTracePointContext) -> i32 {
+    resets::received(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn sluice_reset_sent(ctx: BtfTracePointContext) -> i32 {
+    resets::sent(&ctx);
+    0
 }
 
 #[cfg(not(test))]

@@ -3,13 +3,14 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{HashMap, PerCpuArray, SkStorage},
+    btf_maps::{HashMap, PerCpuArray, PerCpuHashMap, SkStorage},
     macros::btf_map,
 };
 use sluice_common::{
     MAX_SEGMENT_MEMBERS, MAX_SERVICES, MAX_SLOTS, MAX_VIPS,
     counters::{STEER_COUNTERS, steer_index},
     maps::{Backend, SegmentKey, Service, SlotKey, SockTag, VipKey},
+    metrics::{Metrics, MetricsKey},
 };
 
 /// `BPF_F_NO_PREALLOC` makes an update replace the entry under RCU: a reader sees the old
@@ -34,6 +35,16 @@ pub static SLUICE_SOCK_TAGS: SkStorage<SockTag> = SkStorage::new();
 #[btf_map]
 static SLUICE_STEER_COUNTERS: PerCpuArray<u64, { (MAX_SERVICES * STEER_COUNTERS) as usize }> =
     PerCpuArray::new();
+
+/// Per (service, version): golden signals. The agent creates an entry per live service and
+/// version; a missing entry means the hook counts nothing (never a fault).
+#[btf_map]
+pub static SLUICE_METRICS: PerCpuHashMap<
+    MetricsKey,
+    Metrics,
+    { (2 * MAX_SERVICES) as usize },
+    NO_PREALLOC,
+> = PerCpuHashMap::new();
 
 #[inline(always)]
 pub fn service(key: &VipKey) -> Option<&Service> {

@@ -16,8 +16,8 @@ use sluice_common::{
         STEERED_CANARY, STEERED_STABLE, TAG_FAILED,
     },
     maps::{
-        Backend, FLAG_SEGMENTED, SegmentKey, Service, SlotKey, SockTag, VERSION_CANARY, VipKey,
-        is_v4_mapped, v4_mapped,
+        Backend, FLAG_HTTP1, FLAG_SEGMENTED, SegmentKey, Service, SlotKey, SockTag, VERSION_CANARY,
+        VipKey, is_v4_mapped, v4_mapped,
     },
     steer::{Decision, Draws, decide},
 };
@@ -208,12 +208,12 @@ fn tag(ctx: &SockAddrContext, vip: &VipKey, svc: &Service, backend: &Backend) {
         vip: vip.addr,
         vip_port: vip.port,
         version: backend.version,
-        _pad: 0,
+        http1: u8::from(svc.flags & FLAG_HTTP1 != 0),
         service: svc.id,
         backend: backend.index,
-        _pad2: 0,
         // SAFETY: plain helper call.
         connect_ns: unsafe { bpf_ktime_get_ns() },
+        ..SockTag::default()
     };
     // SAFETY: ctx.sk is the socket being connected, valid for the program's run.
     let tag = unsafe { SLUICE_SOCK_TAGS.get_or_insert_ptr_mut(ctx, Some(&mut init)) };

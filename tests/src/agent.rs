@@ -44,7 +44,7 @@ impl Agent {
 
     pub fn config_text(&self, cgroup: &TestCgroup, services_yaml: &str) -> String {
         format!(
-            "cgroup: {}\npin_path: {}\napi_socket: {}\nservices:\n{services_yaml}",
+            "cgroup: {}\npin_path: {}\napi_socket: {}\nmetrics_address: 127.0.0.1:0\nservices:\n{services_yaml}",
             cgroup.path().display(),
             self.pin_path.display(),
             self.socket.display()
@@ -160,6 +160,23 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("log never had {n}x {needle:?}:\n{}", self.log());
+    }
+
+    /// The address `/metrics` is served on (the config asks for port 0; the startup log says
+    /// which port the daemon got).
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        let log = self.log();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("sluice started"))
+            .expect("startup line");
+        let addr = line
+            .split("metrics=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("metrics= in the startup line");
+        addr.parse().expect("metrics address")
     }
 
     pub fn maps_dir(&self) -> PathBuf {

@@ -17,6 +17,14 @@ impl TestCgroup {
         Self::at(self.path.join(name))
     }
 
+    /// A handle on a cgroup another handle owns (for a second thread); forget it rather than
+    /// drop it, or it removes the directory.
+    pub fn at_existing(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+        }
+    }
+
     fn at(path: PathBuf) -> Self {
         std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
         Self { path }

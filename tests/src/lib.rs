@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod backend;
 pub mod cgroup;
+pub mod http;
 
 use std::{net::SocketAddr, process::Command};
 
@@ -122,4 +123,76 @@ pub fn bpftool(args: &[&str]) -> serde_json::Value {
         return serde_json::Value::Array(Vec::new());
     }
     serde_json::from_slice(&out.stdout).expect("bpftool json")
+}
+
+/// SO_LINGER 0: close() sends a reset instead of a FIN.
+pub fn reset_on_close(s: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd and a pointer to a live, correctly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+/// What the probe saw over N HTTP connections.
+#[derive(Debug)]
+pub struct HttpProbeResult {
+    pub statuses: std::collections::BTreeMap<u16, u64>,
+    pub errors: std::collections::BTreeMap<String, u64>,
+    pub connections: u64,
+}
+
+/// Runs the probe in HTTP mode: `connections` connections, each sending `paths` in turn
+/// (keep-alive), reading every response.
+pub fn http_probe(
+    cgroup: Option<&TestCgroup>,
+    target: SocketAddr,
+    connections: u64,
+    paths: &[&str],
+) -> HttpProbeResult {
+    let mut cmd = Command::new(probe_bin());
+    if let Some(cg) = cgroup {
+        cmd.arg("--cgroup").arg(cg.path());
+    }
+    let out = cmd
+        .args([
+            "--connect",
+            &target.to_string(),
+            "--count",
+            &connections.to_string(),
+        ])
+        .args(["--http", &paths.join(",")])
+        .output()
+        .expect("run sluice-probe");
+    assert!(
+        out.status.success(),
+        "probe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe output");
+    HttpProbeResult {
+        statuses: v["statuses"]
+            .as_object()
+            .expect("statuses")
+            .iter()
+            .map(|(k, v)| (k.parse().expect("code"), v.as_u64().expect("n")))
+            .collect(),
+        errors: v["errors"]
+            .as_object()
+            .expect("errors")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_u64().expect("n")))
+            .collect(),
+        connections: v["connections"].as_u64().expect("connections"),
+    }
 }

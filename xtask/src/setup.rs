@@ -16,7 +16,7 @@ pub fn setup() -> anyhow::Result<()> {
     bpf_linker()?;
     if is_root() {
         bpffs()?;
-        bpftool()?;
+        debian_tools()?;
     } else {
         eprintln!(
             "setup: not root: skipping the bpffs mount and bpftool (tests that need root will skip)"
@@ -138,18 +138,32 @@ fn bpffs() -> anyhow::Result<()> {
     run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
 }
 
-/// The kernel tests read maps and attachments with bpftool, a witness independent of sluice.
-fn bpftool() -> anyhow::Result<()> {
-    if Command::new("bpftool")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
+/// Debian tools the kernel tests use as independent witnesses: bpftool (maps, attachments)
+/// and Prometheus with promtool (scrapes and PromQL). Nothing is started here.
+fn debian_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = [
+        ("bpftool", "bpftool"),
+        ("prometheus", "prometheus"),
+        ("promtool", "prometheus"),
+    ]
+    .iter()
+    .filter(|(bin, _)| {
+        !Command::new("sh")
+            .args(["-c", &format!("command -v {bin}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+    .map(|(_, pkg)| *pkg)
+    .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("setup: installing bpftool (Debian)");
+    let mut packages = missing;
+    packages.dedup();
+    eprintln!("setup: installing {} (Debian)", packages.join(", "));
     run(Command::new("apt-get").args(["update", "-qq"]))?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends", "bpftool"])
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }

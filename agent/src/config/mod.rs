@@ -17,6 +17,8 @@ pub use validate::{parse, parse_str, percent_to_ppm_checked};
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/sluice";
 /// Default control socket.
 pub const DEFAULT_API_SOCKET: &str = "/run/sluice/sluice.sock";
+/// Default metrics address: loopback only; set 0.0.0.0:9464 for a cluster-wide Prometheus.
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9464";
 
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,6 +27,10 @@ pub struct Config {
     pub cgroup: PathBuf,
     pub pin_path: PathBuf,
     pub api_socket: PathBuf,
+    /// Where `/metrics`, `/ready` and `/live` are served.
+    pub metrics_address: SocketAddr,
+    /// Attach the signal programs (sock_ops, cgroup_skb, TCP tracepoints). Off: steering only.
+    pub signals: bool,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -39,6 +45,8 @@ pub struct ServiceConfig {
     pub canary: Vec<BackendConfig>,
     /// Client cgroups allowed to reach the canary (`None`: everyone).
     pub segment: Option<Vec<SegmentMember>>,
+    /// Parse HTTP/1.x on this service's connections (`l7: http1`).
+    pub http1: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,6 +9,9 @@ pub struct RawConfig {
     pub cgroup: Option<String>,
     pub pin_path: Option<String>,
     pub api_socket: Option<String>,
+    pub metrics_address: Option<String>,
+    #[serde(default = "default_signals")]
+    pub signals: bool,
     #[serde(default)]
     pub services: Vec<RawService>,
 }
@@ -29,6 +32,8 @@ pub struct RawService {
     #[serde(default)]
     pub canary: Vec<RawBackend>,
     pub segment: Option<Vec<String>>,
+    #[serde(default = "default_l7")]
+    pub l7: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,4 +54,12 @@ fn default_selection() -> String {
 
 fn default_weight() -> i64 {
     1
+}
+
+fn default_l7() -> String {
+    "none".into()
+}
+
+fn default_signals() -> bool {
+    true
 }

@@ -9,8 +9,8 @@ use std::{
 use sluice_common::{MAX_SERVICES, MAX_SLOTS_PER_VERSION, PPM};
 
 use super::{
-    BackendConfig, Config, ConfigError, DEFAULT_API_SOCKET, DEFAULT_PIN_PATH, SegmentMember,
-    Selection, ServiceConfig,
+    BackendConfig, Config, ConfigError, DEFAULT_API_SOCKET, DEFAULT_METRICS_ADDRESS,
+    DEFAULT_PIN_PATH, SegmentMember, Selection, ServiceConfig,
     raw::{RawBackend, RawConfig, RawService},
 };
 use crate::cgroup;
@@ -51,6 +51,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         "api_socket",
         raw.api_socket.as_deref().unwrap_or(DEFAULT_API_SOCKET),
     )?;
+    let metrics_text = raw
+        .metrics_address
+        .as_deref()
+        .unwrap_or(DEFAULT_METRICS_ADDRESS);
+    let metrics_address: SocketAddr = metrics_text.parse().map_err(|_| {
+        ConfigError::invalid(
+            "metrics_address",
+            format!("{metrics_text:?} is not an address and port"),
+        )
+    })?;
 
     if raw.services.len() > MAX_SERVICES as usize {
         return Err(ConfigError::invalid(
@@ -72,6 +82,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         cgroup,
         pin_path,
         api_socket,
+        metrics_address,
+        signals: raw.signals,
         services,
     })
 }
@@ -157,6 +169,16 @@ fn service(key: &str, raw: RawService, cgroup2: &Path) -> Result<ServiceConfig, 
         }
     };
     let canary_ppm = percent_to_ppm(&format!("{key}.canary_percent"), raw.canary_percent)?;
+    let http1 = match raw.l7.as_str() {
+        "http1" => true,
+        "none" => false,
+        other => {
+            return Err(ConfigError::invalid(
+                format!("{key}.l7"),
+                format!("{other:?}: expected \"http1\" or \"none\""),
+            ));
+        }
+    };
     let stable = backends(&format!("{key}.stable"), &raw.stable, v4)?;
     if stable.is_empty() {
         return Err(ConfigError::invalid(
@@ -197,6 +219,7 @@ fn service(key: &str, raw: RawService, cgroup2: &Path) -> Result<ServiceConfig, 
         stable,
         canary,
         segment,
+        http1,
     })
 }
 

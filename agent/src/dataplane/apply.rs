@@ -18,7 +18,16 @@ use sluice_common::{
     maps::{
         Backend, MODE_STICKY, SegmentKey, Service, SlotKey, VERSION_CANARY, VERSION_STABLE, VipKey,
     },
+    metrics::{Metrics, MetricsKey},
 };
+
+pub fn metrics_key(service: u32, version: u8) -> MetricsKey {
+    MetricsKey {
+        service,
+        version,
+        _pad: [0; 3],
+    }
+}
 
 use super::{DataplaneError, DesiredService, Maps, words_addr};
 use crate::config::ppm_to_percent;
@@ -162,6 +171,18 @@ pub fn apply(maps: &mut Maps, desired: &[DesiredService]) -> Result<ApplyReport,
             (true, false) => report.unchanged += 1,
         }
     }
+    let live: HashSet<u32> = plans.iter().map(|p| p.id).collect();
+    for gone in snap
+        .services
+        .values()
+        .map(|s| s.id)
+        .filter(|id| !live.contains(id))
+    {
+        for version in [VERSION_STABLE, VERSION_CANARY] {
+            // Absent already when two addresses of one removed service both list it.
+            let _ = maps.metrics.remove(&metrics_key(gone, version));
+        }
+    }
     for (service, generation, version) in snap.slots.keys() {
         if !keep.contains(&(*service, *generation)) {
             let n = snap.slots[&(*service, *generation, *version)].len();
@@ -292,6 +313,11 @@ fn write_tables(
     for (d, p) in desired.iter().zip(plans).filter(|(_, p)| p.new_tables) {
         if p.previous.is_none() {
             // A fresh id: counters left by an earlier owner of the id start again from zero.
+            for version in [VERSION_STABLE, VERSION_CANARY] {
+                let zeros = PerCpuValues::try_from(vec![Metrics::default(); maps.ncpus])
+                    .map_err(MapError::IoError)?;
+                maps.metrics.insert(metrics_key(p.id, version), zeros, 0)?;
+            }
             for c in 0..STEER_COUNTERS {
                 // Cannot fail: the length is the possible-CPU count the map was made with.
                 let zeros =
@@ -426,6 +452,61 @@ pub fn status(
                 counters,
                 measured_canary_percent: (stable + canary > 0)
                     .then(|| 100.0 * canary as f64 / (stable + canary) as f64),
+            })
+        })
+        .collect()
+}
+
+/// Raw kernel numbers of one service, summed over CPUs, for the exporter.
+#[derive(Clone, Debug)]
+pub struct ServiceSample {
+    pub name: String,
+    pub canary_ppm: u32,
+    pub config_ppm: u32,
+    pub http1: bool,
+    pub steer: [u64; STEER_COUNTERS as usize],
+    /// Metric slots of stable, then canary.
+    pub versions: [Vec<u64>; 2],
+}
+
+pub fn samples(
+    maps: &Maps,
+    applied: &[(DesiredService, u32)],
+) -> Result<Vec<ServiceSample>, DataplaneError> {
+    applied
+        .iter()
+        .map(|(d, id)| {
+            let entry = maps
+                .services
+                .get(&d.vips[0], 0)
+                .map_err(DataplaneError::Apply)?;
+            let mut steer = [0u64; STEER_COUNTERS as usize];
+            for (c, v) in steer.iter_mut().enumerate() {
+                let values = maps
+                    .steer_counters
+                    .get(&steer_index(*id, c as u32), 0)
+                    .map_err(DataplaneError::Apply)?;
+                *v = values.iter().sum();
+            }
+            let version = |v: u8| -> Result<Vec<u64>, DataplaneError> {
+                let mut sum = vec![0u64; sluice_common::metrics::METRIC_SLOTS as usize];
+                // A missing entry (an id whose metrics were never created) reads as zeros.
+                if let Ok(per_cpu) = maps.metrics.get(&metrics_key(*id, v), 0) {
+                    for cpu in per_cpu.iter() {
+                        for (s, x) in sum.iter_mut().zip(cpu.slots.iter()) {
+                            *s += x;
+                        }
+                    }
+                }
+                Ok(sum)
+            };
+            Ok(ServiceSample {
+                name: d.name.clone(),
+                canary_ppm: entry.canary_ppm,
+                config_ppm: entry.config_ppm,
+                http1: entry.flags & sluice_common::maps::FLAG_HTTP1 != 0,
+                steer,
+                versions: [version(VERSION_STABLE)?, version(VERSION_CANARY)?],
             })
         })
         .collect()

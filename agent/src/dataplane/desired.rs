@@ -5,8 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use sluice_common::{
     IPPROTO_TCP,
     maps::{
-        Backend, FLAG_SEGMENTED, MODE_RANDOM, MODE_STICKY, VERSION_CANARY, VERSION_STABLE, VipKey,
-        v4_mapped,
+        Backend, FLAG_HTTP1, FLAG_SEGMENTED, MODE_RANDOM, MODE_STICKY, VERSION_CANARY,
+        VERSION_STABLE, VipKey, v4_mapped,
     },
 };
 
@@ -45,7 +45,7 @@ impl DesiredService {
                 FLAG_SEGMENTED
             } else {
                 0
-            },
+            } | if s.http1 { FLAG_HTTP1 } else { 0 },
             config_ppm: s.canary_ppm,
             stable: slot_table(&s.stable, VERSION_STABLE),
             canary: slot_table(&s.canary, VERSION_CANARY),

@@ -9,27 +9,62 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink};
+use aya::{
+    Btf,
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps,
+        links::FdLink,
+    },
+};
 use sluice_common::maps::programs;
 
 use super::DataplaneError;
 use crate::{cgroup, sys};
 
-const PROGRAMS: [&str; 4] = [
-    programs::CONNECT4,
-    programs::CONNECT6,
-    programs::GETPEERNAME4,
-    programs::GETPEERNAME6,
+/// Programs attached to the cgroup (all support `BPF_LINK_UPDATE`).
+enum CgroupHook {
+    SockAddr,
+    SockOps,
+    Skb(CgroupSkbAttachType),
+}
+
+/// (program, hook, whether it measures signals rather than steers).
+const CGROUP_PROGRAMS: [(&str, CgroupHook, bool); 7] = [
+    (programs::CONNECT4, CgroupHook::SockAddr, false),
+    (programs::CONNECT6, CgroupHook::SockAddr, false),
+    (programs::GETPEERNAME4, CgroupHook::SockAddr, false),
+    (programs::GETPEERNAME6, CgroupHook::SockAddr, false),
+    (programs::SOCK_OPS, CgroupHook::SockOps, true),
+    (
+        programs::SKB_EGRESS,
+        CgroupHook::Skb(CgroupSkbAttachType::Egress),
+        true,
+    ),
+    (
+        programs::SKB_INGRESS,
+        CgroupHook::Skb(CgroupSkbAttachType::Ingress),
+        true,
+    ),
+];
+
+/// Tracepoint programs (tp_btf): (program, tracepoint).
+const TRACEPOINT_PROGRAMS: [(&str, &str); 2] = [
+    (programs::RESET_RECEIVED, "tcp_receive_reset"),
+    (programs::RESET_SENT, "tcp_send_reset"),
 ];
 
 pub fn links_dir(pin_dir: &Path, cgroup_id: u64) -> PathBuf {
     pin_dir.join("links").join(format!("cg{cgroup_id}"))
 }
 
+/// Attaches every program, or re-adopts the links an earlier agent pinned. Returns how many
+/// links were adopted. Without `signals`, only the steering programs are attached, and
+/// signal links an earlier agent pinned are removed.
 pub fn attach_or_adopt(
     ebpf: &mut aya::Ebpf,
     pin_dir: &Path,
     cgroup_path: &Path,
+    signals: bool,
 ) -> Result<usize, DataplaneError> {
     let cgroup_err = |source| DataplaneError::Cgroup {
         path: cgroup_path.to_owned(),
@@ -38,45 +73,72 @@ pub fn attach_or_adopt(
     let cgroup_id = cgroup::cgroup_id(cgroup_path).map_err(cgroup_err)?;
     let cgroup_file = fs::File::open(cgroup_path).map_err(cgroup_err)?;
     let dir = links_dir(pin_dir, cgroup_id);
-    fs::create_dir_all(&dir).map_err(|source| DataplaneError::PinDir {
-        path: dir.clone(),
-        source,
-    })?;
+    mkdir(&dir)?;
     let mut adopted = 0;
-    for name in PROGRAMS {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(DataplaneError::Missing(name))?
-            .try_into()
-            .map_err(|source| DataplaneError::Program { name, source })?;
-        prog.load()
-            .map_err(|source| DataplaneError::Program { name, source })?;
+    for (name, hook, signal) in CGROUP_PROGRAMS {
         let pin = dir.join(name);
-        let link_err = |source| DataplaneError::Link {
-            path: pin.clone(),
-            source,
-        };
-        if pin.exists() {
-            let link = sys::obj_get(&pin).map_err(link_err)?;
-            let prog_fd = prog
-                .fd()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-            sys::link_update(link.as_fd(), prog_fd.as_fd()).map_err(link_err)?;
-            adopted += 1;
-        } else {
-            let id = prog
-                .attach(&cgroup_file, CgroupAttachMode::default())
-                .map_err(|source| DataplaneError::Program { name, source })?;
-            let link = prog
-                .take_link(id)
-                .map_err(|source| DataplaneError::Program { name, source })?;
-            let link = FdLink::try_from(link).map_err(|e| link_err(std::io::Error::other(e)))?;
-            // Dropping the returned handle closes our fd; the pin keeps the link attached.
-            drop(
-                link.pin(&pin)
-                    .map_err(|e| link_err(std::io::Error::other(e)))?,
-            );
+        if signal && !signals {
+            if fs::remove_file(&pin).is_ok() {
+                tracing::info!(program = name, "signals off: detached");
+            }
+            continue;
         }
+        let prog_err = |source| DataplaneError::Program { name, source };
+        let program = ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Missing(name))?;
+        // Load, then either swap into the pinned link or attach anew.
+        let fresh: Option<FdLink> = match hook {
+            CgroupHook::SockAddr => {
+                let p: &mut CgroupSockAddr = program.try_into().map_err(prog_err)?;
+                p.load().map_err(prog_err)?;
+                if pin.exists() {
+                    adopt(&pin, p.fd().map_err(prog_err)?.as_fd())?;
+                    None
+                } else {
+                    let id = p
+                        .attach(&cgroup_file, CgroupAttachMode::default())
+                        .map_err(prog_err)?;
+                    Some(fd_link(name, p.take_link(id).map_err(prog_err)?)?)
+                }
+            }
+            CgroupHook::SockOps => {
+                let p: &mut SockOps = program.try_into().map_err(prog_err)?;
+                p.load().map_err(prog_err)?;
+                if pin.exists() {
+                    adopt(&pin, p.fd().map_err(prog_err)?.as_fd())?;
+                    None
+                } else {
+                    let id = p
+                        .attach(&cgroup_file, CgroupAttachMode::default())
+                        .map_err(prog_err)?;
+                    Some(fd_link(name, p.take_link(id).map_err(prog_err)?)?)
+                }
+            }
+            CgroupHook::Skb(direction) => {
+                let p: &mut CgroupSkb = program.try_into().map_err(prog_err)?;
+                p.load().map_err(prog_err)?;
+                if pin.exists() {
+                    adopt(&pin, p.fd().map_err(prog_err)?.as_fd())?;
+                    None
+                } else {
+                    let id = p
+                        .attach(&cgroup_file, direction, CgroupAttachMode::default())
+                        .map_err(prog_err)?;
+                    Some(fd_link(name, p.take_link(id).map_err(prog_err)?)?)
+                }
+            }
+        };
+        match fresh {
+            None => adopted += 1,
+            Some(link) => pin_link(link, &pin)?,
+        }
+    }
+    let tracepoints = pin_dir.join("links").join("tracepoints");
+    if signals {
+        adopted += attach_tracepoints(ebpf, &tracepoints)?;
+    } else {
+        remove_tree(&tracepoints);
     }
     // Links pinned for another cgroup (the config's cgroup changed while we were down):
     // the new ones are attached, so these can go.
@@ -87,13 +149,102 @@ pub fn attach_or_adopt(
     Ok(adopted)
 }
 
+fn mkdir(dir: &Path) -> Result<(), DataplaneError> {
+    fs::create_dir_all(dir).map_err(|source| DataplaneError::PinDir {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// Swaps `prog` into the link pinned at `pin`.
+fn adopt(pin: &Path, prog: std::os::fd::BorrowedFd<'_>) -> Result<(), DataplaneError> {
+    let link_err = |source| DataplaneError::Link {
+        path: pin.to_owned(),
+        source,
+    };
+    let link = sys::obj_get(pin).map_err(link_err)?;
+    sys::link_update(link.as_fd(), prog).map_err(link_err)
+}
+
+/// Cgroup links are bpf_links on 5.7+ (aya falls back to legacy attachment before that,
+/// which cannot be pinned: refuse clearly rather than attach unpinned).
+fn fd_link<L>(name: &'static str, link: L) -> Result<FdLink, DataplaneError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    FdLink::try_from(link).map_err(|e| DataplaneError::Link {
+        path: PathBuf::from(name),
+        source: std::io::Error::other(format!("not a bpf_link (kernel older than 5.7?): {e}")),
+    })
+}
+
+fn pin_link(link: FdLink, pin: &Path) -> Result<(), DataplaneError> {
+    // Dropping the returned handle closes our fd; the pin keeps the link attached.
+    drop(link.pin(pin).map_err(|e| DataplaneError::Link {
+        path: pin.to_owned(),
+        source: std::io::Error::other(e),
+    })?);
+    Ok(())
+}
+
+/// Tracing links cannot swap their program. Their pins are named after the program's tag
+/// (a hash of its code): a restarted agent whose program is the same keeps the running link
+/// (same code, same pinned maps: nothing is counted twice or lost); a changed program is
+/// attached first and the old link removed after, so an upgrade loses no event (it may count
+/// one twice in the microseconds both run).
+fn attach_tracepoints(ebpf: &mut aya::Ebpf, dir: &Path) -> Result<usize, DataplaneError> {
+    mkdir(dir)?;
+    let btf = Btf::from_sys_fs().map_err(|e| DataplaneError::Btf(e.to_string()))?;
+    let mut kept = 0;
+    for (name, tracepoint) in TRACEPOINT_PROGRAMS {
+        let prog_err = |source| DataplaneError::Program { name, source };
+        let p: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Missing(name))?
+            .try_into()
+            .map_err(prog_err)?;
+        p.load(tracepoint, &btf).map_err(prog_err)?;
+        let tag = p.info().map_err(prog_err)?.tag();
+        let pin = dir.join(format!("{name}-{tag:016x}"));
+        if pin.exists() {
+            kept += 1;
+        } else {
+            let id = p.attach().map_err(prog_err)?;
+            pin_link(p.take_link(id).map_err(prog_err)?.into(), &pin)?;
+        }
+        for old in fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+        {
+            let stale = old != pin
+                && old
+                    .file_name()
+                    .is_some_and(|f| f.to_string_lossy().starts_with(&format!("{name}-")));
+            if stale {
+                tracing::info!(link = %old.display(), "replacing a tracepoint link of another program version");
+                let _ = fs::remove_file(&old);
+            }
+        }
+    }
+    Ok(kept)
+}
+
+/// Link directories of cgroups other than `keep` (`cg<id>`; the tracepoint links are not
+/// per cgroup).
 fn other_link_dirs(pin_dir: &Path, keep: &Path) -> Vec<PathBuf> {
     fs::read_dir(pin_dir.join("links"))
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p != keep)
+        .filter(|p| {
+            p != keep
+                && p.file_name()
+                    .is_some_and(|f| f.to_string_lossy().starts_with("cg"))
+        })
         .collect()
 }
 

@@ -5,9 +5,12 @@ use std::path::Path;
 
 use aya::{
     EbpfLoader,
-    maps::{HashMap, Map, MapData, PerCpuArray},
+    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap},
 };
-use sluice_common::maps::{Backend, SegmentKey, Service, SlotKey, SockTag, VipKey, names};
+use sluice_common::{
+    maps::{Backend, SegmentKey, Service, SlotKey, SockTag, VipKey, names},
+    metrics::{Metrics, MetricsKey},
+};
 
 use super::DataplaneError;
 use crate::sys;
@@ -18,17 +21,23 @@ pub struct Maps {
     pub slots: HashMap<MapData, SlotKey, Backend>,
     pub segments: HashMap<MapData, SegmentKey, u8>,
     pub steer_counters: PerCpuArray<MapData, u64>,
+    pub metrics: PerCpuHashMap<MapData, MetricsKey, Metrics>,
     /// Possible CPUs: the length of every per-CPU value.
     pub ncpus: usize,
 }
 
 /// (name, key size, value size) of each pinned map: checked before adopting a pin.
-const LAYOUTS: [(&str, usize, usize); 5] = [
+const LAYOUTS: [(&str, usize, usize); 6] = [
     (names::SERVICES, size_of::<VipKey>(), size_of::<Service>()),
     (names::SLOTS, size_of::<SlotKey>(), size_of::<Backend>()),
     (names::SEGMENTS, size_of::<SegmentKey>(), size_of::<u8>()),
     (names::SOCK_TAGS, size_of::<i32>(), size_of::<SockTag>()),
     (names::STEER_COUNTERS, size_of::<u32>(), size_of::<u64>()),
+    (
+        names::METRICS,
+        size_of::<MetricsKey>(),
+        size_of::<Metrics>(),
+    ),
 ];
 
 /// Makes sure `pin_root` is on bpffs (mounting /sys/fs/bpf if need be) and `pin_dir` exists,
@@ -88,6 +97,7 @@ pub fn load(object: &[u8], pin_dir: &Path) -> Result<(aya::Ebpf, Maps), Dataplan
         slots: typed(&mut ebpf, names::SLOTS)?,
         segments: typed(&mut ebpf, names::SEGMENTS)?,
         steer_counters: typed(&mut ebpf, names::STEER_COUNTERS)?,
+        metrics: typed(&mut ebpf, names::METRICS)?,
         ncpus: aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?,
     };
     Ok((ebpf, maps))

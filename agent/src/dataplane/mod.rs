@@ -8,7 +8,7 @@ mod maps;
 
 use std::path::{Path, PathBuf};
 
-pub use apply::{ApplyReport, ServiceStatus};
+pub use apply::{ApplyReport, ServiceSample, ServiceStatus};
 pub use desired::{DesiredService, addr_words, slot_counts, vip_key, words_addr};
 pub use links::{detach_pins, links_dir};
 pub use maps::Maps;
@@ -76,6 +76,8 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux): {0}")]
+    Btf(String),
     #[error("cannot read the possible CPUs")]
     Cpus(#[source] std::io::Error),
     #[error("unknown service {0:?}")]
@@ -92,6 +94,7 @@ pub struct Dataplane {
     maps: Maps,
     pin_dir: PathBuf,
     cgroup: PathBuf,
+    signals: bool,
     /// The desired state last applied, by service name.
     applied: Vec<(DesiredService, u32)>,
 }
@@ -107,6 +110,7 @@ impl Dataplane {
             maps,
             pin_dir,
             cgroup: config.cgroup.clone(),
+            signals: config.signals,
             applied: Vec::new(),
         })
     }
@@ -114,7 +118,7 @@ impl Dataplane {
     /// Attaches every program to the configured cgroup, or swaps the new programs into links
     /// pinned by an earlier agent. Returns how many links were adopted.
     pub fn attach(&mut self) -> Result<usize, DataplaneError> {
-        links::attach_or_adopt(&mut self.ebpf, &self.pin_dir, &self.cgroup)
+        links::attach_or_adopt(&mut self.ebpf, &self.pin_dir, &self.cgroup, self.signals)
     }
 
     /// Writes `config` into the maps: all or nothing (see `apply`).
@@ -145,6 +149,11 @@ impl Dataplane {
     /// What the kernel holds for each applied service, with its counters.
     pub fn status(&self) -> Result<Vec<ServiceStatus>, DataplaneError> {
         apply::status(&self.maps, &self.applied)
+    }
+
+    /// Raw counters of every applied service, for the exporter.
+    pub fn samples(&self) -> Result<Vec<ServiceSample>, DataplaneError> {
+        apply::samples(&self.maps, &self.applied)
     }
 
     pub fn pin_dir(&self) -> &Path {

@@ -32,6 +32,10 @@ fn main() {
     let target: SocketAddr = arg("--connect").parse().expect("--connect ADDR:PORT");
     if args.iter().any(|a| a == "--hold") {
         hold(target);
+    } else if let Some(i) = args.iter().position(|a| a == "--http") {
+        let count: u64 = arg("--count").parse().expect("--count N");
+        let paths: Vec<&str> = args[i + 1].split(',').collect();
+        http(target, count, &paths);
     } else {
         let count: u64 = arg("--count").parse().expect("--count N");
         many(target, count);
@@ -62,7 +66,7 @@ fn many(target: SocketAddr, count: u64) {
                 }
                 // Close with a reset: no TIME_WAIT, so tens of thousands of connections in
                 // a row never run out of ports.
-                reset_on_close(&s);
+                sluice_tests::reset_on_close(&s);
             }
             Err(e) => *errors.entry(format!("{:?}", e.kind())).or_default() += 1,
         }
@@ -71,6 +75,83 @@ fn many(target: SocketAddr, count: u64) {
         "replies": replies, "errors": errors, "peer_vip": peer_vip, "peer_other": peer_other,
     });
     println!("{out}");
+}
+
+/// `count` keep-alive connections, each sending every path in turn and reading each answer.
+/// `/continue` is a POST with `Expect: 100-continue`: the body goes after the 100.
+fn http(target: SocketAddr, count: u64, paths: &[&str]) {
+    let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut connections = 0u64;
+    for _ in 0..count {
+        let conn = TcpStream::connect_timeout(&target, Duration::from_secs(2));
+        let mut s = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                *errors.entry(format!("{:?}", e.kind())).or_default() += 1;
+                continue;
+            }
+        };
+        connections += 1;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut reader = BufReader::new(s.try_clone().expect("clone"));
+        for path in paths {
+            let result = if *path == "/continue" {
+                s.write_all(b"POST /continue HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n")
+                    .and_then(|()| read_response(&mut reader))
+                    .and_then(|interim| {
+                        assert_eq!(interim, 100, "expected 100 Continue");
+                        s.write_all(b"0123456789")?;
+                        read_response(&mut reader)
+                    })
+            } else {
+                s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                    .and_then(|()| read_response(&mut reader))
+            };
+            match result {
+                Ok(status) => *statuses.entry(status).or_default() += 1,
+                Err(e) => {
+                    *errors.entry(format!("{:?}", e.kind())).or_default() += 1;
+                    break;
+                }
+            }
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "statuses": statuses, "errors": errors, "connections": connections })
+    );
+}
+
+/// Reads one response (status line, headers, Content-Length body); returns its status.
+fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<u16> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed before a response",
+        ));
+    }
+    let status: u16 = line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut length = 0usize;
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if h == "\r\n" || h.is_empty() {
+            break;
+        }
+    }
+    let mut body = vec![0u8; length];
+    std::io::Read::read_exact(reader, &mut body)?;
+    Ok(status)
 }
 
 fn hold(target: SocketAddr) {
@@ -87,23 +168,4 @@ fn hold(target: SocketAddr) {
         .read_line(&mut line)
         .expect("read on the held connection");
     println!("{}", serde_json::json!({ "backend_after": line.trim() }));
-}
-
-/// SO_LINGER with a zero timeout: close() sends a reset and leaves no TIME_WAIT.
-fn reset_on_close(s: &TcpStream) {
-    use std::os::fd::AsRawFd as _;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket fd and a pointer to a live, correctly sized linger struct.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
 }

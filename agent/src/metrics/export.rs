@@ -1,0 +1,345 @@
+//! Kernel samples -> Prometheus text. Names carry a `sluice_` prefix and units; labels are
+//! `service`, `version` (`stable`|`canary`) and, per metric, one low-cardinality label.
+
+use prometheus::{
+    TextEncoder,
+    proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
+};
+use sluice_common::{
+    PPM,
+    counters::{STEER_COUNTER_NAMES, STEERED_CANARY, STEERED_STABLE},
+    metrics::{
+        BUCKET_BOUNDS_NS, BUCKETS, BYTES_RECEIVED, BYTES_SENT, CLOSED, ESTABLISHED, FAILED_OTHER,
+        FAILED_REFUSED, FAILED_TIMEOUT, HIST_CONNECT, HIST_LIFETIME, HIST_RTT, HIST_TTFB,
+        HTTP_CODES, HTTP_INCOMPLETE, HTTP_INTERIM, HTTP_METHODS, HTTP_REQUESTS, HTTP_RESPONSES,
+        HTTP_RESPONSES_OTHER, HTTP_UNPARSEABLE_REQUESTS, HTTP_UNPARSEABLE_RESPONSES,
+        RESETS_RECEIVED, RESETS_SENT, RETRANSMITS, RTO_EXPIRIES,
+    },
+};
+
+use super::ShareWindows;
+use crate::dataplane::ServiceSample;
+
+const VERSIONS: [&str; 2] = ["stable", "canary"];
+
+/// The label set of a per-version series: a typed struct, so no series can forget one.
+struct VersionLabels<'a> {
+    service: &'a str,
+    version: &'a str,
+}
+
+impl VersionLabels<'_> {
+    fn pairs(&self, extra: &[(&str, &str)]) -> Vec<LabelPair> {
+        let Self { service, version } = self;
+        let mut v = vec![pair("service", service), pair("version", version)];
+        v.extend(extra.iter().map(|(k, val)| pair(k, val)));
+        v
+    }
+}
+
+fn pair(name: &str, value: &str) -> LabelPair {
+    let mut l = LabelPair::default();
+    l.set_name(name.to_owned());
+    l.set_value(value.to_owned());
+    l
+}
+
+/// Metric families under construction, by name, in the order first seen.
+#[derive(Default)]
+struct Families(Vec<MetricFamily>);
+
+impl Families {
+    fn family(&mut self, name: &str, help: &str, kind: MetricType) -> &mut MetricFamily {
+        if let Some(i) = self.0.iter().position(|f| f.name() == name) {
+            return &mut self.0[i];
+        }
+        let mut f = MetricFamily::default();
+        f.set_name(name.to_owned());
+        f.set_help(help.to_owned());
+        f.set_field_type(kind);
+        self.0.push(f);
+        let last = self.0.len() - 1;
+        &mut self.0[last]
+    }
+
+    fn counter(&mut self, name: &str, help: &str, labels: Vec<LabelPair>, value: u64) {
+        let mut c = Counter::default();
+        c.set_value(value as f64);
+        let mut m = Metric::default();
+        m.set_label(labels);
+        m.set_counter(c);
+        self.family(name, help, MetricType::COUNTER)
+            .mut_metric()
+            .push(m);
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, labels: Vec<LabelPair>, value: f64) {
+        let mut g = Gauge::default();
+        g.set_value(value);
+        let mut m = Metric::default();
+        m.set_label(labels);
+        m.set_gauge(g);
+        self.family(name, help, MetricType::GAUGE)
+            .mut_metric()
+            .push(m);
+    }
+
+    /// A histogram from the kernel's per-bucket counts (not cumulative) and sum in ns.
+    fn histogram(&mut self, name: &str, help: &str, labels: Vec<LabelPair>, slots: &[u64]) {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(BUCKET_BOUNDS_NS.len());
+        for (i, bound) in BUCKET_BOUNDS_NS.iter().enumerate() {
+            cumulative += slots[i];
+            let mut b = Bucket::default();
+            b.set_upper_bound(*bound as f64 / 1e9);
+            b.set_cumulative_count(cumulative);
+            buckets.push(b);
+        }
+        let count = cumulative + slots[BUCKETS as usize - 1];
+        let mut h = Histogram::default();
+        h.set_bucket(buckets);
+        h.set_sample_count(count);
+        h.set_sample_sum(slots[BUCKETS as usize] as f64 / 1e9);
+        let mut m = Metric::default();
+        m.set_label(labels);
+        m.set_histogram(h);
+        self.family(name, help, MetricType::HISTOGRAM)
+            .mut_metric()
+            .push(m);
+    }
+}
+
+/// The whole exposition.
+pub fn encode(samples: &[ServiceSample], windows: &ShareWindows) -> String {
+    let mut f = Families::default();
+    let info = vec![pair("version", env!("CARGO_PKG_VERSION"))];
+    f.gauge(
+        "sluice_build_info",
+        "sluice agent build; the value is always 1.",
+        info,
+        1.0,
+    );
+    for s in samples {
+        service_series(&mut f, s, windows);
+        for (v, name) in VERSIONS.iter().enumerate() {
+            let labels = VersionLabels {
+                service: &s.name,
+                version: name,
+            };
+            version_series(&mut f, s, v, &labels);
+            if s.http1 {
+                http_series(&mut f, &s.versions[v], &labels);
+            }
+        }
+    }
+    let mut out = String::default();
+    if let Err(e) = TextEncoder::new().encode_utf8(&f.0, &mut out) {
+        tracing::error!(error = %e, "encoding metrics failed");
+    }
+    out
+}
+
+fn service_series(f: &mut Families, s: &ServiceSample, windows: &ShareWindows) {
+    let svc = || vec![pair("service", &s.name)];
+    f.gauge(
+        "sluice_canary_weight_ratio",
+        "Share of new connections the kernel sends to the canary now (0-1).",
+        svc(),
+        f64::from(s.canary_ppm) / f64::from(PPM),
+    );
+    f.gauge(
+        "sluice_canary_configured_weight_ratio",
+        "Share of new connections the configuration asks for (0-1); differs after `sluice weight`.",
+        svc(),
+        f64::from(s.config_ppm) / f64::from(PPM),
+    );
+    let (connections, requests) = windows.shares(&s.name);
+    if let Some(c) = connections {
+        f.gauge(
+            "sluice_canary_connection_share_ratio",
+            "Measured share of new connections steered to the canary over the last minute.",
+            svc(),
+            c,
+        );
+    }
+    if let Some(r) = requests {
+        f.gauge(
+            "sluice_canary_request_share_ratio",
+            "Measured share of HTTP requests sent to the canary over the last minute (differs from the connection share when connections are long-lived).",
+            svc(),
+            r,
+        );
+    }
+    for (i, event) in STEER_COUNTER_NAMES.iter().enumerate() {
+        if i == STEERED_STABLE as usize || i == STEERED_CANARY as usize {
+            continue;
+        }
+        f.counter(
+            "sluice_steering_events_total",
+            "Steering outcomes other than a normal steer: fallbacks, refusals (no_backend), exclusions, getpeername rewrites.",
+            vec![pair("service", &s.name), pair("event", event)],
+            s.steer[i],
+        );
+    }
+}
+
+fn version_series(f: &mut Families, s: &ServiceSample, v: usize, l: &VersionLabels<'_>) {
+    let m = &s.versions[v];
+    let at = |slot: u32| m[slot as usize];
+    let steered = s.steer[if v == 0 {
+        STEERED_STABLE
+    } else {
+        STEERED_CANARY
+    } as usize];
+    f.counter(
+        "sluice_connections_attempted_total",
+        "connect() calls to a virtual address steered to this version (cgroup/connect4|6).",
+        l.pairs(&[]),
+        steered,
+    );
+    f.counter(
+        "sluice_connections_established_total",
+        "Handshakes completed (sock_ops).",
+        l.pairs(&[]),
+        at(ESTABLISHED),
+    );
+    for (reason, slot) in [
+        ("refused", FAILED_REFUSED),
+        ("timeout", FAILED_TIMEOUT),
+        ("other", FAILED_OTHER),
+    ] {
+        f.counter(
+            "sluice_connections_failed_total",
+            "Handshakes that failed: refused (a reset answered the SYN), timeout, other (sock_ops, tcp_receive_reset).",
+            l.pairs(&[("reason", reason)]),
+            at(slot),
+        );
+    }
+    f.counter(
+        "sluice_connections_closed_total",
+        "Established connections closed (sock_ops).",
+        l.pairs(&[]),
+        at(CLOSED),
+    );
+    f.gauge(
+        "sluice_connections_active",
+        "Established connections not yet closed.",
+        l.pairs(&[]),
+        at(ESTABLISHED).saturating_sub(at(CLOSED)) as f64,
+    );
+    let counters = [
+        (
+            "sluice_tcp_retransmits_total",
+            "Retransmitted segments (sock_ops).",
+            RETRANSMITS,
+        ),
+        (
+            "sluice_tcp_rto_expirations_total",
+            "Retransmission timeouts (sock_ops).",
+            RTO_EXPIRIES,
+        ),
+        (
+            "sluice_tcp_resets_received_total",
+            "Resets received (tp_btf tcp_receive_reset).",
+            RESETS_RECEIVED,
+        ),
+        (
+            "sluice_tcp_resets_sent_total",
+            "Resets sent (tp_btf tcp_send_reset).",
+            RESETS_SENT,
+        ),
+        (
+            "sluice_sent_bytes_total",
+            "Bytes acknowledged by the peer, counted at close (sock_ops).",
+            BYTES_SENT,
+        ),
+        (
+            "sluice_received_bytes_total",
+            "Bytes received, counted at close (sock_ops).",
+            BYTES_RECEIVED,
+        ),
+    ];
+    for (name, help, slot) in counters {
+        f.counter(name, help, l.pairs(&[]), at(slot));
+    }
+    let histograms = [
+        (
+            "sluice_connect_duration_seconds",
+            "connect() to established (sock_ops).",
+            HIST_CONNECT,
+        ),
+        (
+            "sluice_tcp_rtt_seconds",
+            "Smoothed RTT of each established connection, at close (sock_ops).",
+            HIST_RTT,
+        ),
+        (
+            "sluice_connection_duration_seconds",
+            "Established to closed (sock_ops).",
+            HIST_LIFETIME,
+        ),
+    ];
+    for (name, help, hist) in histograms {
+        f.histogram(name, help, l.pairs(&[]), &m[hist as usize..]);
+    }
+}
+
+fn http_series(f: &mut Families, m: &[u64], l: &VersionLabels<'_>) {
+    for (i, method) in HTTP_METHODS.iter().enumerate() {
+        f.counter(
+            "sluice_http_requests_total",
+            "HTTP/1.x requests by method (cgroup_skb egress).",
+            l.pairs(&[("method", method)]),
+            m[HTTP_REQUESTS as usize + i],
+        );
+    }
+    let help = "HTTP/1.x final responses by status class and code; code=\"other\" for uncommon codes (cgroup_skb ingress).";
+    for (i, code) in HTTP_CODES.iter().enumerate() {
+        let class = format!("{}xx", code / 100);
+        f.counter(
+            "sluice_http_responses_total",
+            help,
+            l.pairs(&[("class", &class), ("code", &code.to_string())]),
+            m[HTTP_RESPONSES as usize + i],
+        );
+    }
+    for c in 1..=5 {
+        f.counter(
+            "sluice_http_responses_total",
+            help,
+            l.pairs(&[("class", &format!("{c}xx")), ("code", "other")]),
+            m[HTTP_RESPONSES_OTHER as usize + c - 1],
+        );
+    }
+    for (name, help, slot) in [
+        (
+            "sluice_http_interim_responses_total",
+            "1xx interim responses (100 Continue, 103 Early Hints); not counted as responses.",
+            HTTP_INTERIM,
+        ),
+        (
+            "sluice_http_incomplete_requests_total",
+            "Requests outstanding when the connection closed or was reset (sock_ops).",
+            HTTP_INCOMPLETE,
+        ),
+    ] {
+        f.counter(name, help, l.pairs(&[]), m[slot as usize]);
+    }
+    for (direction, slot) in [
+        ("request", HTTP_UNPARSEABLE_REQUESTS),
+        ("response", HTTP_UNPARSEABLE_RESPONSES),
+    ] {
+        f.counter(
+            "sluice_http_unparseable_total",
+            "Data where a request or status line was expected but none was found; counted, never guessed.",
+            l.pairs(&[("direction", direction)]),
+            m[slot as usize],
+        );
+    }
+    f.histogram(
+        "sluice_http_response_first_byte_seconds",
+        "First request byte sent to first response byte received (cgroup_skb).",
+        l.pairs(&[]),
+        &m[HIST_TTFB as usize..],
+    );
+}

@@ -1,0 +1,125 @@
+//! A deliberately small HTTP/1.1 server: GET /metrics, /ready, /live, one request per
+//! connection. Enough for Prometheus and kubelet probes, nothing to configure.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, oneshot},
+};
+
+/// What the server asks the daemon loop (which owns the maps).
+pub enum Scrape {
+    Metrics(oneshot::Sender<String>),
+    /// Answered by the loop itself: it is running, programs attached, config applied.
+    Ready(oneshot::Sender<()>),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address} for metrics")]
+pub struct ServeError {
+    address: SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
+const MAX_HEAD: usize = 8 * 1024;
+
+pub async fn serve(
+    address: SocketAddr,
+    scrapes: mpsc::Sender<Scrape>,
+) -> Result<SocketAddr, ServeError> {
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError { address, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServeError { address, source })?;
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(handle(stream, scrapes.clone()));
+                }
+                Err(e) => tracing::warn!(error = %e, "accepting a metrics connection failed"),
+            }
+        }
+    });
+    Ok(bound)
+}
+
+async fn handle(mut stream: TcpStream, scrapes: mpsc::Sender<Scrape>) {
+    let mut head = Vec::with_capacity(1024);
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if !matches!(read, Ok(Ok(()))) {
+        return;
+    }
+    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|b| *b == b' ');
+    let (method, path) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let (status, content_type, body) = match (method, path) {
+        (b"GET", b"/metrics") => {
+            let (tx, rx) = oneshot::channel();
+            match ask(&scrapes, Scrape::Metrics(tx), rx).await {
+                Some(text) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
+                None => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "daemon busy\n".into(),
+                ),
+            }
+        }
+        (b"GET", b"/ready") => {
+            let (tx, rx) = oneshot::channel();
+            match ask(&scrapes, Scrape::Ready(tx), rx).await {
+                Some(()) => ("200 OK", "text/plain", "ready\n".into()),
+                None => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "not ready\n".into(),
+                ),
+            }
+        }
+        (b"GET", b"/live") => ("200 OK", "text/plain", "live\n".into()),
+        (b"GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics, /ready, /live\n".into(),
+        ),
+        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Sends a scrape to the daemon loop and waits up to 5 s for its answer.
+async fn ask<T>(
+    scrapes: &mpsc::Sender<Scrape>,
+    scrape: Scrape,
+    rx: oneshot::Receiver<T>,
+) -> Option<T> {
+    scrapes.send(scrape).await.ok()?;
+    tokio::time::timeout(Duration::from_secs(5), rx)
+        .await
+        .ok()?
+        .ok()
+}

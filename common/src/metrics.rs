@@ -1,0 +1,243 @@
+//! Per-version golden signals. `SLUICE_METRICS` is a per-CPU hash keyed by
+//! [`MetricsKey`] (service id, version); each value is [`METRIC_SLOTS`] `u64`s laid out as
+//! below. The kernel only adds; the agent sums CPUs and exports.
+
+/// Key of `SLUICE_METRICS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct MetricsKey {
+    pub service: u32,
+    pub version: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<MetricsKey>() == 8);
+
+// === Connection counters ===
+/// Handshake completed (sock_ops ACTIVE_ESTABLISHED).
+pub const ESTABLISHED: u32 = 0;
+/// Handshake failed: a reset answered the SYN (the port was closed).
+pub const FAILED_REFUSED: u32 = 1;
+/// Handshake failed after SYN retransmissions timed out.
+pub const FAILED_TIMEOUT: u32 = 2;
+/// Handshake ended otherwise (ICMP error, the application gave up).
+pub const FAILED_OTHER: u32 = 3;
+/// Established connections that have closed.
+pub const CLOSED: u32 = 4;
+/// Retransmitted segments (sock_ops RETRANS).
+pub const RETRANSMITS: u32 = 5;
+/// Retransmission timeouts (sock_ops RTO).
+pub const RTO_EXPIRIES: u32 = 6;
+/// Resets received (tp_btf tcp_receive_reset).
+pub const RESETS_RECEIVED: u32 = 7;
+/// Resets sent (tp_btf tcp_send_reset).
+pub const RESETS_SENT: u32 = 8;
+/// Bytes acknowledged by the peer, at close.
+pub const BYTES_SENT: u32 = 9;
+/// Bytes received, at close.
+pub const BYTES_RECEIVED: u32 = 10;
+
+// === HTTP/1.x ===
+/// Requests by method: GET HEAD POST PUT DELETE PATCH OPTIONS, then any other token.
+pub const HTTP_METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other",
+];
+pub const HTTP_REQUESTS: u32 = 11;
+/// Responses by code: the common codes, then "other" per class (1xx..5xx).
+pub const HTTP_CODES: [u16; 16] = [
+    200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 408, 429, 500, 502, 503, 504,
+];
+pub const HTTP_RESPONSES: u32 = HTTP_REQUESTS + HTTP_METHODS.len() as u32;
+/// Slot of "other" of class `c` (1..=5) is `HTTP_RESPONSES_OTHER + c - 1`.
+pub const HTTP_RESPONSES_OTHER: u32 = HTTP_RESPONSES + HTTP_CODES.len() as u32;
+/// Interim responses (1xx: 100 Continue, 103 Early Hints): not a response to the request.
+pub const HTTP_INTERIM: u32 = HTTP_RESPONSES_OTHER + 5;
+/// A request outstanding when the connection closed or was reset.
+pub const HTTP_INCOMPLETE: u32 = HTTP_INTERIM + 1;
+/// New request data that does not start with a method token (counted, never guessed).
+pub const HTTP_UNPARSEABLE_REQUESTS: u32 = HTTP_INCOMPLETE + 1;
+/// Data answering a request that does not start with `HTTP/1.x NNN`.
+pub const HTTP_UNPARSEABLE_RESPONSES: u32 = HTTP_UNPARSEABLE_REQUESTS + 1;
+
+// === Histograms: BUCKETS cumulative-free bucket counts, then the sum in nanoseconds ===
+/// Upper bounds in nanoseconds (1-2.5-5 series, 10 µs to 10 s); one more bucket is +Inf.
+pub const BUCKET_BOUNDS_NS: [u64; 19] = [
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+pub const BUCKETS: u32 = BUCKET_BOUNDS_NS.len() as u32 + 1;
+pub const HISTOGRAM_SLOTS: u32 = BUCKETS + 1;
+/// Connect latency: connect() to established.
+pub const HIST_CONNECT: u32 = HTTP_UNPARSEABLE_RESPONSES + 1;
+/// Smoothed RTT at close, per established connection.
+pub const HIST_RTT: u32 = HIST_CONNECT + HISTOGRAM_SLOTS;
+/// Established to closed.
+pub const HIST_LIFETIME: u32 = HIST_RTT + HISTOGRAM_SLOTS;
+/// First request byte sent to first response byte received.
+pub const HIST_TTFB: u32 = HIST_LIFETIME + HISTOGRAM_SLOTS;
+
+pub const METRIC_SLOTS: u32 = HIST_TTFB + HISTOGRAM_SLOTS;
+const _: () = assert!(METRIC_SLOTS == 128);
+
+/// The per-CPU value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Metrics {
+    pub slots: [u64; METRIC_SLOTS as usize],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            slots: [0; METRIC_SLOTS as usize],
+        }
+    }
+}
+
+/// The bucket of a duration: the first bound it does not exceed, or +Inf.
+#[inline(always)]
+pub fn bucket_of(ns: u64) -> u32 {
+    let mut i = 0;
+    while i < BUCKET_BOUNDS_NS.len() {
+        if ns <= BUCKET_BOUNDS_NS[i] {
+            return i as u32;
+        }
+        i += 1;
+    }
+    BUCKETS - 1
+}
+
+/// Index of a method's counter from the first bytes of a request, `None` if they do not
+/// start with a method token followed by a space.
+#[inline(always)]
+pub fn method_of(head: &[u8; 8]) -> Option<u32> {
+    let is = |m: &[u8]| {
+        let mut i = 0;
+        while i < m.len() {
+            if head[i] != m[i] {
+                return false;
+            }
+            i += 1;
+        }
+        head[m.len()] == b' '
+    };
+    let idx = if is(b"GET") {
+        0
+    } else if is(b"HEAD") {
+        1
+    } else if is(b"POST") {
+        2
+    } else if is(b"PUT") {
+        3
+    } else if is(b"DELETE") {
+        4
+    } else if is(b"PATCH") {
+        5
+    } else if is(b"OPTIONS") {
+        6
+    } else if head[0].is_ascii_uppercase()
+        && head[1].is_ascii_uppercase()
+        && head[2].is_ascii_uppercase()
+    {
+        // Another token (CONNECT, TRACE, PROPFIND...): a request, of an uncommon method.
+        7
+    } else {
+        return None;
+    };
+    Some(HTTP_REQUESTS + idx)
+}
+
+/// The status code of a response from its first 12 bytes (`HTTP/1.x NNN`).
+#[inline(always)]
+pub fn status_of(head: &[u8; 12]) -> Option<u16> {
+    if head[0] != b'H'
+        || head[1] != b'T'
+        || head[2] != b'T'
+        || head[3] != b'P'
+        || head[4] != b'/'
+        || head[5] != b'1'
+        || head[6] != b'.'
+        || head[8] != b' '
+    {
+        return None;
+    }
+    let d = |b: u8| {
+        if b.is_ascii_digit() {
+            Some(u16::from(b - b'0'))
+        } else {
+            None
+        }
+    };
+    let code = d(head[9])? * 100 + d(head[10])? * 10 + d(head[11])?;
+    (100..=599).contains(&code).then_some(code)
+}
+
+/// The counter of a final response's code.
+#[inline(always)]
+pub fn response_slot(code: u16) -> u32 {
+    let mut i = 0;
+    while i < HTTP_CODES.len() {
+        if HTTP_CODES[i] == code {
+            return HTTP_RESPONSES + i as u32;
+        }
+        i += 1;
+    }
+    HTTP_RESPONSES_OTHER + u32::from(code / 100) - 1
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), Copy, no padding, no pointers.
+    unsafe impl aya::Pod for super::MetricsKey {}
+    unsafe impl aya::Pod for super::Metrics {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets() {
+        assert_eq!(bucket_of(0), 0);
+        assert_eq!(bucket_of(10_000), 0);
+        assert_eq!(bucket_of(10_001), 1);
+        assert_eq!(bucket_of(20_000_000), 10, "20 ms lies in (10 ms, 25 ms]");
+        assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn methods_and_statuses() {
+        assert_eq!(method_of(b"GET / HT"), Some(HTTP_REQUESTS));
+        assert_eq!(method_of(b"OPTIONS "), Some(HTTP_REQUESTS + 6));
+        assert_eq!(method_of(b"PROPFIND"), Some(HTTP_REQUESTS + 7));
+        assert_eq!(
+            method_of(b"\x16\x03\x01\x02\x00\x01\x00\x01"),
+            None,
+            "TLS is not HTTP"
+        );
+        assert_eq!(method_of(b"GETX / H"), Some(HTTP_REQUESTS + 7));
+        assert_eq!(status_of(b"HTTP/1.1 404"), Some(404));
+        assert_eq!(status_of(b"HTTP/1.0 200"), Some(200));
+        assert_eq!(status_of(b"HTTP/2.0 200"), None);
+        assert_eq!(status_of(b"HTTP/1.1 9xx"), None);
+        assert_eq!(response_slot(404), HTTP_RESPONSES + 9);
+        assert_eq!(response_slot(418), HTTP_RESPONSES_OTHER + 3);
+        assert_eq!(response_slot(599), HTTP_RESPONSES_OTHER + 4);
+    }
+}

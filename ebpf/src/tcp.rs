@@ -1,0 +1,103 @@
+//! sock_ops: the TCP life of steered sockets: handshake outcome and latency, retransmits,
+//! RTO expiries, and at close the lifetime, smoothed RTT, bytes, and any HTTP request still
+//! outstanding. Minimum kernel: 4.16 (STATE_CB), 5.10 for `bytes_acked` in all states.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RETRANS_CB, BPF_SOCK_OPS_RETRANS_CB_FLAG,
+        BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
+    },
+    helpers::{bpf_ktime_get_ns, bpf_sock_ops_cb_flags_set},
+    programs::SockOpsContext,
+};
+use sluice_common::metrics::{
+    BYTES_RECEIVED, BYTES_SENT, CLOSED, ESTABLISHED, FAILED_OTHER, FAILED_REFUSED, FAILED_TIMEOUT,
+    HIST_CONNECT, HIST_LIFETIME, HIST_RTT, HTTP_INCOMPLETE, RETRANSMITS, RTO_EXPIRIES,
+};
+
+use crate::metrics::{bump, metrics_of, observe, sk_ptr, tag_of};
+
+pub fn sock_ops(ctx: &SockOpsContext) {
+    let op = ctx.op();
+    // Most callbacks (RWND_INIT, TIMEOUT_INIT, NEEDS_ECN, ...) are none of our business.
+    if !matches!(
+        op,
+        BPF_SOCK_OPS_TCP_CONNECT_CB
+            | BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
+            | BPF_SOCK_OPS_STATE_CB
+            | BPF_SOCK_OPS_RTO_CB
+            | BPF_SOCK_OPS_RETRANS_CB
+    ) {
+        return;
+    }
+    // SAFETY: a valid context for the program's run.
+    let ops = unsafe { &*ctx.ops };
+    // SAFETY: reading the context's socket pointer (may be null: checked in tag_of).
+    let sk = unsafe { ops.__bindgen_anon_2.sk };
+    let Some(tag) = tag_of(sk_ptr(sk)) else {
+        return;
+    };
+    let Some(m) = metrics_of(tag) else {
+        return;
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match op {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => {
+            // Ask for the state, RTO and retransmit callbacks on this socket only.
+            let flags = BPF_SOCK_OPS_STATE_CB_FLAG
+                | BPF_SOCK_OPS_RTO_CB_FLAG
+                | BPF_SOCK_OPS_RETRANS_CB_FLAG;
+            // SAFETY: the context pointer the helper expects.
+            unsafe {
+                bpf_sock_ops_cb_flags_set(ctx.ops, (ops.bpf_sock_ops_cb_flags | flags) as i32)
+            };
+        }
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            tag.established = 1;
+            tag.established_ns = now;
+            tag.tx_next = ops.snd_nxt;
+            tag.rx_next = ops.rcv_nxt;
+            bump(m, ESTABLISHED, 1);
+            observe(m, HIST_CONNECT, now.saturating_sub(tag.connect_ns));
+        }
+        BPF_SOCK_OPS_RTO_CB => {
+            tag.rto = 1;
+            bump(m, RTO_EXPIRIES, 1);
+        }
+        BPF_SOCK_OPS_RETRANS_CB => {
+            // args: first seq, segments, result; only retransmissions that went out count.
+            if ctx.arg(2) == 0 {
+                bump(m, RETRANSMITS, u64::from(ctx.arg(1)));
+            }
+        }
+        _ => {
+            // BPF_SOCK_OPS_STATE_CB: args[0] old state, args[1] new state.
+            if ctx.arg(1) != BPF_TCP_CLOSE {
+                return;
+            }
+            if tag.established != 0 {
+                bump(m, CLOSED, 1);
+                observe(m, HIST_LIFETIME, now.saturating_sub(tag.established_ns));
+                // srtt_us holds 8x the smoothed RTT in microseconds.
+                observe(m, HIST_RTT, u64::from(ops.srtt_us >> 3) * 1_000);
+                bump(m, BYTES_SENT, ops.bytes_acked);
+                bump(m, BYTES_RECEIVED, ops.bytes_received);
+                if tag.outstanding != 0 {
+                    tag.outstanding = 0;
+                    bump(m, HTTP_INCOMPLETE, 1);
+                }
+            } else if ctx.arg(0) == BPF_TCP_SYN_SENT {
+                let reason = if tag.reset_rx != 0 {
+                    FAILED_REFUSED
+                } else if tag.rto != 0 {
+                    FAILED_TIMEOUT
+                } else {
+                    FAILED_OTHER
+                };
+                bump(m, reason, 1);
+            }
+        }
+    }
+}

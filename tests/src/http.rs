@@ -1,0 +1,246 @@
+//! An HTTP/1.1 backend for the golden-signal tests. Keep-alive; the path decides the answer:
+//! `/status/NNN` answers NNN; `/reset` reads the request and resets the connection without
+//! answering; `/continue` (POST with `Expect: 100-continue`) sends `100 Continue`, reads the
+//! body, answers 200. Every answer can be delayed (`delay`), and every `fail_every`-th request
+//! answered 503 instead. It counts what it did: that is the truth the kernel is held to.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+#[derive(Clone, Copy, Default)]
+pub struct Behaviour {
+    pub delay: Duration,
+    /// Answer every n-th request with 503 (0: never).
+    pub fail_every: u64,
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct Seen {
+    pub connections: u64,
+    pub requests: u64,
+    /// Final responses sent, by status.
+    pub responses: BTreeMap<u16, u64>,
+    pub interim: u64,
+    pub resets: u64,
+}
+
+pub struct HttpBackend {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl HttpBackend {
+    pub fn start(ip: &str, behaviour: Behaviour) -> Self {
+        let listener = TcpListener::bind((ip, 0)).expect("bind http backend");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let counter = Arc::new(AtomicU64::new(0));
+        let (s, halt) = (seen.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            for conn in listener.incoming() {
+                if halt.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                s.lock().expect("seen").connections += 1;
+                let (s, counter) = (s.clone(), counter.clone());
+                thread::spawn(move || serve(conn, behaviour, &s, &counter));
+            }
+        });
+        Self {
+            addr,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn seen(&self) -> Seen {
+        self.seen.lock().expect("seen").clone()
+    }
+}
+
+fn serve(conn: TcpStream, behaviour: Behaviour, seen: &Mutex<Seen>, counter: &AtomicU64) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let Ok(read_half) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut out = conn;
+    loop {
+        let mut request_line = String::new();
+        if !matches!(reader.read_line(&mut request_line), Ok(n) if n > 0) {
+            return;
+        }
+        let path = request_line.split(' ').nth(1).unwrap_or("/").to_owned();
+        let mut content_length = 0usize;
+        let mut expect_continue = false;
+        loop {
+            let mut h = String::new();
+            if !matches!(reader.read_line(&mut h), Ok(n) if n > 0) {
+                return;
+            }
+            let lower = h.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                content_length = v.trim().parse().unwrap_or(0);
+            }
+            if lower.starts_with("expect: 100-continue") {
+                expect_continue = true;
+            }
+            if h == "\r\n" {
+                break;
+            }
+        }
+        seen.lock().expect("seen").requests += 1;
+        if path == "/reset" {
+            seen.lock().expect("seen").resets += 1;
+            crate::reset_on_close(&out);
+            return;
+        }
+        if expect_continue {
+            let _ = out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+            seen.lock().expect("seen").interim += 1;
+        }
+        let mut body = vec![0u8; content_length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut status: u16 = path
+            .strip_prefix("/status/")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(200);
+        if behaviour.fail_every > 0 && n % behaviour.fail_every == 0 {
+            status = 503;
+        }
+        if !behaviour.delay.is_zero() {
+            thread::sleep(behaviour.delay);
+        }
+        let response = format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nok");
+        if out.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+        *seen
+            .lock()
+            .expect("seen")
+            .responses
+            .entry(status)
+            .or_default() += 1;
+    }
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One scrape of `/metrics`, parsed: (name, sorted labels) -> value.
+#[derive(Debug)]
+pub struct Scraped(pub BTreeMap<(String, Vec<(String, String)>), f64>);
+
+impl Scraped {
+    pub fn fetch(addr: SocketAddr) -> (Self, String) {
+        let mut s = TcpStream::connect(addr).expect("connect metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read");
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        let mut map = BTreeMap::new();
+        for line in body
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').expect("value");
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let mut labels: Vec<(String, String)> = labels
+                .split("\",")
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').expect("label");
+                    (k.to_owned(), v.trim_matches('"').to_owned())
+                })
+                .collect();
+            labels.sort();
+            map.insert((name.to_owned(), labels), value.parse().expect("number"));
+        }
+        (Self(map), body)
+    }
+
+    /// Sum of every series named `name` whose labels include all of `want`.
+    pub fn sum(&self, name: &str, want: &[(&str, &str)]) -> f64 {
+        self.0
+            .iter()
+            .filter(|((n, labels), _)| {
+                n == name
+                    && want
+                        .iter()
+                        .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    pub fn get(&self, name: &str, want: &[(&str, &str)]) -> u64 {
+        self.sum(name, want) as u64
+    }
+
+    /// The upper bound (seconds) of the bucket holding the median of a histogram.
+    pub fn median_bucket(&self, name: &str, want: &[(&str, &str)]) -> f64 {
+        let count = self.sum(&format!("{name}_count"), want);
+        let mut buckets: Vec<(f64, f64)> = self
+            .0
+            .iter()
+            .filter(|((n, labels), _)| {
+                n == &format!("{name}_bucket")
+                    && want
+                        .iter()
+                        .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|((_, labels), v)| {
+                let le = labels
+                    .iter()
+                    .find(|(k, _)| k == "le")
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or("+Inf");
+                (
+                    if le == "+Inf" {
+                        f64::INFINITY
+                    } else {
+                        le.parse().expect("le")
+                    },
+                    *v,
+                )
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        buckets
+            .iter()
+            .find(|(_, cumulative)| *cumulative >= count / 2.0)
+            .map(|(le, _)| *le)
+            .expect("median bucket")
+    }
+}

@@ -1,0 +1,311 @@
+//! Golden signals measured in the kernel, held to what the client and the servers saw.
+//! Needs root.
+
+use std::{net::SocketAddr, time::Duration};
+
+use sluice_tests::{
+    Agent, Backend, TestCgroup,
+    http::{Behaviour, HttpBackend, Scraped},
+    http_probe, probe, root_or_skip, tag, unused_port,
+};
+
+fn vip(ip: &str) -> SocketAddr {
+    format!("{ip}:{}", unused_port(ip)).parse().expect("vip")
+}
+
+fn http_service(
+    name: &str,
+    vip: SocketAddr,
+    share: f64,
+    stable: SocketAddr,
+    canary: SocketAddr,
+) -> String {
+    format!(
+        "  - name: {name}\n    virtual_addresses: [\"{vip}\"]\n    l7: http1\n    canary_percent: {share}\n    \
+         stable: [{{address: \"{stable}\"}}]\n    canary: [{{address: \"{canary}\"}}]\n"
+    )
+}
+
+const VERSIONS: [&str; 2] = ["stable", "canary"];
+
+#[test]
+fn every_counter_equals_what_clients_and_servers_saw() {
+    if !root_or_skip("every_counter_equals_what_clients_and_servers_saw") {
+        return;
+    }
+    let t = tag("exact");
+    let cg = TestCgroup::new(&t);
+    let backends = [
+        HttpBackend::start("127.0.0.1", Behaviour::default()),
+        HttpBackend::start("127.0.0.1", Behaviour::default()),
+    ];
+    let dead = vip("127.0.0.1"); // nothing listens there: connects to it are refused
+    let web = vip("127.77.5.1");
+    let refusing = vip("127.77.5.2");
+    // A plain TCP service (no l7): its client closes with a reset, which the kernel counts
+    // as sent; greeting backends answer each connection with their name.
+    let plain = vip("127.77.5.4");
+    let greeters = [
+        Backend::start("127.0.0.1", "stable"),
+        Backend::start("127.0.0.1", "canary"),
+    ];
+    let yaml = http_service("web", web, 50.0, backends[0].addr, backends[1].addr)
+        + &http_service("refusing", refusing, 100.0, backends[0].addr, dead)
+        + &format!(
+            "  - name: plain\n    virtual_addresses: [\"{plain}\"]\n    canary_percent: 50\n    \
+             stable: [{{address: \"{}\"}}]\n    canary: [{{address: \"{}\"}}]\n",
+            greeters[0].addr, greeters[1].addr
+        );
+    let mut agent = Agent::start(&t, &cg, &yaml);
+
+    // Unrelated traffic at the same time, to the same servers: from outside the cgroup
+    // through nothing, and from inside the cgroup straight to a backend (not a virtual
+    // address). It answers 418, a code the steered traffic never asks for.
+    let noise = std::thread::spawn({
+        let (a, b) = (backends[0].addr, backends[1].addr);
+        let cg_path = cg.path().to_owned();
+        move || {
+            let outside = http_probe(None, a, 20, &["/status/418"; 3]);
+            let inside_cg = TestCgroup::at_existing(&cg_path);
+            let inside = http_probe(Some(&inside_cg), b, 20, &["/status/418"; 3]);
+            std::mem::forget(inside_cg);
+            (outside, inside)
+        }
+    });
+    let paths = [
+        "/status/200",
+        "/status/404",
+        "/status/503",
+        "/status/201",
+        "/status/200",
+    ];
+    let main = http_probe(Some(&cg), web, 60, &paths);
+    let cont = http_probe(Some(&cg), web, 10, &["/continue"]);
+    let resets = http_probe(Some(&cg), web, 10, &["/status/200", "/reset"]);
+    let refused = http_probe(Some(&cg), refusing, 20, &["/status/200"]);
+    let plain_seen = probe(Some(&cg), plain, 15);
+    assert_eq!(plain_seen.total(), 15, "{plain_seen:?}");
+    let (outside, inside) = noise.join().expect("noise");
+
+    // What the client saw.
+    assert!(main.errors.is_empty(), "{main:?}");
+    assert_eq!(main.statuses.values().sum::<u64>(), 300);
+    assert_eq!(cont.statuses.get(&200), Some(&10));
+    assert_eq!(resets.statuses.get(&200), Some(&10));
+    assert_eq!(
+        resets.errors.values().sum::<u64>(),
+        10,
+        "every /reset was reset: {resets:?}"
+    );
+    assert_eq!(
+        refused.errors.get("ConnectionRefused"),
+        Some(&20),
+        "{refused:?}"
+    );
+    assert_eq!(outside.statuses.get(&418), Some(&60));
+    assert_eq!(inside.statuses.get(&418), Some(&60));
+
+    // Let the last closes reach the kernel hooks.
+    std::thread::sleep(Duration::from_millis(300));
+    let (m, _) = Scraped::fetch(agent.metrics_addr());
+    let mut total_responses = 0;
+    for (v, version) in VERSIONS.iter().enumerate() {
+        let seen = backends[v].seen();
+        let l = |extra: &[(&'static str, &'static str)]| {
+            let mut l = vec![("service", "web"), ("version", *version)];
+            l.extend_from_slice(extra);
+            l
+        };
+        // Connections: what the server accepted, less the unrelated ones it also accepted.
+        let unrelated = 20;
+        assert_eq!(
+            m.get("sluice_connections_established_total", &l(&[])),
+            seen.connections - unrelated,
+            "{version}"
+        );
+        assert_eq!(
+            m.get("sluice_connections_closed_total", &l(&[])),
+            seen.connections - unrelated
+        );
+        assert_eq!(m.get("sluice_connections_active", &l(&[])), 0);
+        assert_eq!(
+            m.get("sluice_connect_duration_seconds_count", &l(&[])),
+            seen.connections - unrelated
+        );
+        assert_eq!(
+            m.get("sluice_tcp_rtt_seconds_count", &l(&[])),
+            seen.connections - unrelated
+        );
+        assert_eq!(
+            m.get("sluice_connection_duration_seconds_count", &l(&[])),
+            seen.connections - unrelated
+        );
+        // Requests and responses, code by code; 418 (unrelated) never counted.
+        let unrelated_requests = 60;
+        assert_eq!(
+            m.get("sluice_http_requests_total", &l(&[])),
+            seen.requests - unrelated_requests,
+            "{version}"
+        );
+        for (code, n) in &seen.responses {
+            let expect = if *code == 418 { 0 } else { *n };
+            let counted = if [200u16, 201, 404, 503].contains(code) {
+                m.get(
+                    "sluice_http_responses_total",
+                    &l(&[("code", &*code.to_string().leak())]),
+                )
+            } else {
+                m.get("sluice_http_responses_total", &l(&[("code", "other")]))
+            };
+            assert_eq!(counted, expect, "{version} code {code}");
+            total_responses += expect;
+        }
+        let final_responses: u64 = seen
+            .responses
+            .iter()
+            .filter(|(c, _)| **c != 418)
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(
+            m.get("sluice_http_response_first_byte_seconds_count", &l(&[])),
+            final_responses
+        );
+        assert_eq!(
+            m.get("sluice_http_interim_responses_total", &l(&[])),
+            seen.interim,
+            "100 Continue is interim"
+        );
+        assert_eq!(
+            m.get("sluice_http_requests_total", &l(&[("method", "POST")])),
+            seen.interim
+        );
+        assert_eq!(
+            m.get("sluice_http_incomplete_requests_total", &l(&[])),
+            seen.resets,
+            "reset mid-request"
+        );
+        assert_eq!(
+            m.get("sluice_tcp_resets_received_total", &l(&[])),
+            seen.resets
+        );
+        assert_eq!(m.get("sluice_http_unparseable_total", &l(&[])), 0);
+    }
+    assert_eq!(total_responses, 300 + 10 + 10);
+    // The refusing service: every connect went to the (dead) canary and was refused.
+    let r = |version: &'static str, reason: &'static str| {
+        m.get(
+            "sluice_connections_failed_total",
+            &[
+                ("service", "refusing"),
+                ("version", version),
+                ("reason", reason),
+            ],
+        )
+    };
+    assert_eq!(r("canary", "refused"), 20);
+    assert_eq!(
+        r("canary", "timeout") + r("canary", "other") + r("stable", "refused"),
+        0
+    );
+    assert_eq!(
+        m.get(
+            "sluice_connections_established_total",
+            &[("service", "refusing")]
+        ),
+        0
+    );
+    // The plain service: 15 resets sent (the probe's close), none received, no HTTP series.
+    for (version, greeter) in VERSIONS.iter().zip(&greeters) {
+        let l = [("service", "plain"), ("version", *version)];
+        assert_eq!(
+            m.get("sluice_tcp_resets_sent_total", &l),
+            r_from(&plain_seen, greeter),
+            "{version}"
+        );
+        assert_eq!(m.get("sluice_tcp_resets_received_total", &l), 0);
+    }
+    assert_eq!(
+        m.get("sluice_tcp_resets_sent_total", &[("service", "plain")]),
+        15
+    );
+    assert!(
+        !m.0.keys().any(|(n, l)| n.starts_with("sluice_http")
+            && l.contains(&("service".into(), "plain".into())))
+    );
+
+    // Counters survive a restart: no reset, no double count.
+    let before = m;
+    agent.kill9();
+    agent.spawn();
+    let (after, _) = Scraped::fetch(agent.metrics_addr());
+    for name in [
+        "sluice_http_requests_total",
+        "sluice_connections_established_total",
+        "sluice_http_responses_total",
+        "sluice_tcp_resets_received_total",
+    ] {
+        assert_eq!(
+            after.get(name, &[]),
+            before.get(name, &[]),
+            "{name} after restart"
+        );
+    }
+    // And they go on counting.
+    let more = http_probe(Some(&cg), web, 10, &["/status/200"]);
+    assert_eq!(more.statuses.get(&200), Some(&10), "{more:?}");
+    let (later, _) = Scraped::fetch(agent.metrics_addr());
+    assert_eq!(
+        later.get("sluice_connections_attempted_total", &[("service", "web")]),
+        before.get("sluice_connections_attempted_total", &[("service", "web")]) + 10
+    );
+}
+
+/// Connections the probe had answered by this greeting backend.
+fn r_from(r: &sluice_tests::ProbeResult, b: &Backend) -> u64 {
+    r.from(&b.name)
+}
+
+#[test]
+fn a_slow_canary_shows_in_its_time_to_first_byte() {
+    if !root_or_skip("a_slow_canary_shows_in_its_time_to_first_byte") {
+        return;
+    }
+    let t = tag("latency");
+    let cg = TestCgroup::new(&t);
+    let stable = HttpBackend::start("127.0.0.1", Behaviour::default());
+    let canary = HttpBackend::start(
+        "127.0.0.1",
+        Behaviour {
+            delay: Duration::from_millis(20),
+            ..Behaviour::default()
+        },
+    );
+    let web = vip("127.77.5.3");
+    let agent = Agent::start(
+        &t,
+        &cg,
+        &http_service("web", web, 50.0, stable.addr, canary.addr),
+    );
+    let r = http_probe(Some(&cg), web, 40, &["/status/200"; 5]);
+    assert_eq!(r.statuses.get(&200), Some(&200), "{r:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    let (m, _) = Scraped::fetch(agent.metrics_addr());
+    let ttfb = "sluice_http_response_first_byte_seconds";
+    let canary_median = m.median_bucket(ttfb, &[("service", "web"), ("version", "canary")]);
+    let stable_median = m.median_bucket(ttfb, &[("service", "web"), ("version", "stable")]);
+    eprintln!("median TTFB bucket: canary le={canary_median}, stable le={stable_median}");
+    assert_eq!(canary_median, 0.025, "20 ms lies in (10 ms, 25 ms]");
+    assert!(
+        stable_median <= 0.001,
+        "stable answers in under 1 ms: le={stable_median}"
+    );
+    for version in VERSIONS {
+        let l = [("service", "web"), ("version", version)];
+        let established = m.get("sluice_connections_established_total", &l);
+        assert_eq!(
+            m.get("sluice_connect_duration_seconds_count", &l),
+            established
+        );
+        assert_eq!(m.get("sluice_tcp_rtt_seconds_count", &l), established);
+    }
+}
