@@ -122,7 +122,7 @@ fn serve(conn: TcpStream, behaviour: Behaviour, seen: &Mutex<Seen>, counter: &At
             .strip_prefix("/status/")
             .and_then(|c| c.parse().ok())
             .unwrap_or(200);
-        if behaviour.fail_every > 0 && n % behaviour.fail_every == 0 {
+        if behaviour.fail_every > 0 && n.is_multiple_of(behaviour.fail_every) {
             status = 503;
         }
         if !behaviour.delay.is_zero() {

@@ -5,7 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_tests::{Agent, Backend, TestCgroup, bpftool, probe, root_or_skip, tag, unused_port};
+use sluice_tests::{
+    ADOPTED_LINKS, Agent, Backend, CGROUP_PROGRAMS, TestCgroup, bpftool, probe, root_or_skip, tag,
+    unused_port,
+};
 
 fn two_version_service(vip: std::net::SocketAddr, stable: &Backend, canary: &Backend) -> String {
     format!(
@@ -35,7 +38,7 @@ fn sigkill_keeps_steering_and_restart_readopts_without_reattaching() {
         .expect("vip");
     let mut agent = Agent::start(&t, &cg, &two_version_service(vip, &stable, &canary));
     let attached = Agent::attached(cg.path());
-    assert_eq!(attached.len(), 4, "{attached:?}");
+    assert_eq!(attached.len(), CGROUP_PROGRAMS, "{attached:?}");
     agent.weight("web", 20.0);
 
     let r = probe(Some(&cg), vip, 1_000);
@@ -53,11 +56,15 @@ fn sigkill_keeps_steering_and_restart_readopts_without_reattaching() {
     );
 
     agent.spawn();
-    agent.wait_log("adopted_links=4", 1, Duration::from_secs(5));
+    agent.wait_log(
+        &format!("adopted_links={ADOPTED_LINKS}"),
+        1,
+        Duration::from_secs(5),
+    );
     let attached = Agent::attached(cg.path());
     assert_eq!(
         attached.len(),
-        4,
+        CGROUP_PROGRAMS,
         "a restart must not attach a second time: {attached:?}"
     );
     // Counters went on while the agent was down, and were not reset by the restart.

@@ -204,7 +204,7 @@ fn prometheus_scrapes_and_promql_sees_success_rate_and_p99() {
     let (s, c) = (stable.seen(), canary.seen());
     let canary_total: u64 = c.responses.values().sum();
     let canary_errors = c.responses.get(&503).copied().unwrap_or(0);
-    assert!(canary_errors > 0 && s.responses.get(&503).is_none());
+    assert!(canary_errors > 0 && !s.responses.contains_key(&503));
     let success = prometheus.by_version(
         "sum by (version) (sluice_http_responses_total{service=\"web\",class!=\"5xx\"}) \
          / sum by (version) (sluice_http_responses_total{service=\"web\"})",

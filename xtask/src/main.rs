@@ -2,6 +2,8 @@
 
 mod demo;
 mod measure;
+mod measure_http;
+mod responder;
 mod setup;
 mod test;
 mod util;

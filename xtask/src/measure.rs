@@ -17,15 +17,69 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     demo::{Backend, cgroup2_mount, wait_for_socket},
+    measure_http,
+    responder::Responder,
     util::{cargo, output, run, workspace_root},
 };
 
 const BACKEND: &str = "127.0.12.1:8080";
 const CANARY: &str = "127.0.12.2:8080";
 const VIP: &str = "127.0.12.100:80";
+/// The HTTP rounds' service (l7: http1) and its responders.
+pub const HTTP_BACKEND: &str = "127.0.12.1:8088";
+const HTTP_CANARY: &str = "127.0.12.2:8088";
+pub const HTTP_VIP: &str = "127.0.12.101:80";
 const PIN_PATH: &str = "/sys/fs/bpf/sluice-measure";
 const SOCKET: &str = "/run/sluice-measure/sluice.sock";
 const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// The agent under measurement, restarted when the signals switch changes.
+struct MeasuredAgent {
+    sluice: std::path::PathBuf,
+    config: std::path::PathBuf,
+    cgroup: std::path::PathBuf,
+    child: Option<std::process::Child>,
+    signals: Option<bool>,
+}
+
+impl MeasuredAgent {
+    fn ensure(&mut self, signals: bool) -> anyhow::Result<()> {
+        if self.signals == Some(signals) {
+            return Ok(());
+        }
+        self.stop();
+        std::fs::write(
+            &self.config,
+            format!(
+                "cgroup: {}\npin_path: {PIN_PATH}\napi_socket: {SOCKET}\nmetrics_address: 127.0.0.1:0\n\
+                 signals: {signals}\nservices:\n  - name: measure\n    \
+                 virtual_addresses: [\"{VIP}\"]\n    canary_percent: 10\n    stable: [{{address: \"{BACKEND}\"}}]\n    \
+                 canary: [{{address: \"{CANARY}\"}}]\n  - name: measure-http\n    l7: http1\n    \
+                 virtual_addresses: [\"{HTTP_VIP}\"]\n    canary_percent: 10\n    \
+                 stable: [{{address: \"{HTTP_BACKEND}\"}}]\n    canary: [{{address: \"{HTTP_CANARY}\"}}]\n",
+                self.cgroup.display()
+            ),
+        )?;
+        let child = Command::new(&self.sluice)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        wait_for_socket(Path::new(SOCKET), Duration::from_secs(10))?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    /// SIGKILL by pid: the pins stay, the next start re-adopts them.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(SOCKET);
+    }
+}
 
 pub fn measure(connections: u64, rounds: u32) -> anyhow::Result<()> {
     if !crate::util::is_root() {
@@ -45,37 +99,35 @@ pub fn measure(connections: u64, rounds: u32) -> anyhow::Result<()> {
     let sluice = workspace_root().join("target/release/sluice");
     let cgroup = cgroup2_mount()?.join("sluice-measure");
     std::fs::create_dir_all(&cgroup)?;
+    // Greeting servers for the connection rounds, HTTP responders for the request rounds.
     let backend = Backend::start(BACKEND, "stable")?;
     let canary = Backend::start(CANARY, "canary")?;
+    let http_stable = Responder::start(HTTP_BACKEND)?;
+    let http_canary = Responder::start(HTTP_CANARY)?;
     let dir = std::env::temp_dir().join("sluice-measure");
     std::fs::create_dir_all(&dir)?;
-    let config = dir.join("sluice.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cgroup: {}\npin_path: {PIN_PATH}\napi_socket: {SOCKET}\nservices:\n  - name: measure\n    \
-             virtual_addresses: [\"{VIP}\"]\n    canary_percent: 10\n    stable: [{{address: \"{BACKEND}\"}}]\n    \
-             canary: [{{address: \"{CANARY}\"}}]\n",
-            cgroup.display()
-        ),
-    )?;
+    let mut agent = MeasuredAgent {
+        sluice: sluice.clone(),
+        config: dir.join("sluice.yaml"),
+        cgroup: cgroup.clone(),
+        child: None,
+        signals: None,
+    };
     let stats_before = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
     std::fs::write(STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
-    let mut daemon = Command::new(&sluice)
-        .args(["run", "--config"])
-        .arg(&config)
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let result = wait_for_socket(Path::new(SOCKET), Duration::from_secs(10))
-        .and_then(|()| rounds_side_by_side(&cgroup, connections, rounds));
+    let result = agent
+        .ensure(true)
+        .and_then(|()| rounds_side_by_side(&cgroup, connections, rounds))
+        .and_then(|()| measure_http::rounds(&mut |s| agent.ensure(s), &cgroup, rounds));
+    agent.stop();
     let _ = Command::new(&sluice)
         .args(["detach", "--pin-path", PIN_PATH, "--socket", SOCKET])
         .output();
-    let _ = daemon.kill();
-    let _ = daemon.wait();
     let _ = std::fs::write(STATS, stats_before.trim());
     backend.stop();
     canary.stop();
+    http_stable.stop();
+    http_canary.stop();
     let _ = std::fs::remove_dir(&cgroup);
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -140,7 +192,7 @@ fn rounds_side_by_side(cgroup: &Path, connections: u64, rounds: u32) -> anyhow::
 }
 
 /// (run_time_ns, run_cnt) of every loaded sluice program, summed by name.
-fn prog_stats() -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
+pub fn prog_stats() -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
     let out = output(Command::new("bpftool").args(["--json", "prog", "show"]))
         .context("bpftool prog show")?;
     let progs: Vec<serde_json::Value> = serde_json::from_str(&out).context("bpftool json")?;

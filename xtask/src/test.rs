@@ -35,7 +35,7 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
     // One test thread: the kernel tests measure splits and count connections; running them
     // side by side only adds noise on two cores.
     let mut child = cargo()
-        .args(["test"])
+        .args(["test", "--no-fail-fast"])
         .args(extra)
         .args(["--", "--test-threads=1"])
         .env("SLUICE_BIN", &bin)

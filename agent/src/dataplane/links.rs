@@ -213,7 +213,7 @@ fn attach_tracepoints(ebpf: &mut aya::Ebpf, dir: &Path) -> Result<usize, Datapla
             let id = p.attach().map_err(prog_err)?;
             pin_link(p.take_link(id).map_err(prog_err)?.into(), &pin)?;
         }
-        for old in fs::read_dir(&dir)
+        for old in fs::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()
