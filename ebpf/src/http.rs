@@ -26,7 +26,7 @@ struct Segment {
 
 /// The tag of the skb's socket, if it is a steered HTTP/1.x socket.
 #[inline(always)]
-fn http_tag(ctx: &SkBuffContext) -> Option<(&'static mut SockTag, *mut Metrics)> {
+fn http_tag(ctx: &SkBuffContext) -> Option<&'static mut SockTag> {
     // SAFETY: a valid context for the program's run; `sk` may be null.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
@@ -35,32 +35,38 @@ fn http_tag(ctx: &SkBuffContext) -> Option<(&'static mut SockTag, *mut Metrics)>
     // SAFETY: a non-null socket pointer from the context.
     let full = unsafe { bpf_sk_fullsock(sk) };
     let tag = tag_of(sk_ptr(full))?;
-    if tag.http1 == 0 {
-        return None;
-    }
-    let m = metrics_of(tag)?;
-    Some((tag, m))
+    (tag.http1 != 0).then_some(tag)
 }
 
+/// Adds to a counter of the tag's service and version. The metrics lookup happens only
+/// here, when there is something to count: most packets (ACKs, bodies) never need it.
+#[inline(always)]
+fn count(tag: &SockTag, slot: u32) -> Option<*mut Metrics> {
+    let m = metrics_of(tag)?;
+    bump(m, slot, 1);
+    Some(m)
+}
+
+/// Where a TCP segment's payload lies; two helper calls (IP header start, TCP header).
 #[inline(always)]
 fn segment(ctx: &SkBuffContext) -> Option<Segment> {
-    let first: u8 = ctx.load(0).ok()?;
-    let (ip_len, proto): (u32, u8) = match first >> 4 {
-        4 => (u32::from(first & 0x0f) * 4, ctx.load(9).ok()?),
-        6 => (40, ctx.load(6).ok()?),
+    // Version/IHL and the protocol field of both families are in the first 10 bytes.
+    let ip: [u8; 10] = ctx.load(0).ok()?;
+    let (ip_len, proto) = match ip[0] >> 4 {
+        4 => (u32::from(ip[0] & 0x0f) * 4, ip[9]),
+        6 => (40, ip[6]),
         _ => return None,
     };
     if proto != IPPROTO_TCP {
         return None;
     }
-    let seq = u32::from_be(ctx.load::<u32>(ip_len as usize + 4).ok()?);
-    let data_offset: u8 = ctx.load(ip_len as usize + 12).ok()?;
-    let offset = ip_len + u32::from(data_offset >> 4) * 4;
-    let total = ctx.skb.len();
+    // Sequence number (bytes 4..8) and data offset (byte 12) of the TCP header.
+    let tcp: [u8; 13] = ctx.load(ip_len as usize).ok()?;
+    let offset = ip_len + u32::from(tcp[12] >> 4) * 4;
     Some(Segment {
-        seq,
+        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
         offset,
-        len: total.saturating_sub(offset),
+        len: ctx.skb.len().saturating_sub(offset),
     })
 }
 
@@ -71,9 +77,7 @@ fn before(seq: u32, next: u32) -> bool {
 }
 
 pub fn egress(ctx: &SkBuffContext) {
-    let Some((tag, m)) = http_tag(ctx) else {
-        return;
-    };
+    let Some(tag) = http_tag(ctx) else { return };
     let Some(seg) = segment(ctx) else { return };
     if seg.len == 0 || before(seg.seq, tag.tx_next) {
         return;
@@ -88,25 +92,21 @@ pub fn egress(ctx: &SkBuffContext) {
     } else {
         None
     };
-    let Some(head) = head else {
-        bump(m, HTTP_UNPARSEABLE_REQUESTS, 1);
-        return;
-    };
-    match method_of(&head) {
+    match head.and_then(|h| method_of(&h)) {
         Some(slot) => {
-            bump(m, slot, 1);
             tag.outstanding = 1;
             // SAFETY: plain helper call.
             tag.request_ns = unsafe { bpf_ktime_get_ns() };
+            count(tag, slot);
         }
-        None => bump(m, HTTP_UNPARSEABLE_REQUESTS, 1),
+        None => {
+            count(tag, HTTP_UNPARSEABLE_REQUESTS);
+        }
     }
 }
 
 pub fn ingress(ctx: &SkBuffContext) {
-    let Some((tag, m)) = http_tag(ctx) else {
-        return;
-    };
+    let Some(tag) = http_tag(ctx) else { return };
     let Some(seg) = segment(ctx) else { return };
     if seg.len == 0 || before(seg.seq, tag.rx_next) {
         return;
@@ -126,17 +126,20 @@ pub fn ingress(ctx: &SkBuffContext) {
     match status {
         None => {
             tag.outstanding = 0;
-            bump(m, HTTP_UNPARSEABLE_RESPONSES, 1);
+            count(tag, HTTP_UNPARSEABLE_RESPONSES);
         }
         // 100 Continue, 103 Early Hints: the final response is still to come.
         // (101 Switching Protocols is final.)
-        Some(code) if code < 200 && code != 101 => bump(m, HTTP_INTERIM, 1),
+        Some(code) if code < 200 && code != 101 => {
+            count(tag, HTTP_INTERIM);
+        }
         Some(code) => {
             tag.outstanding = 0;
-            bump(m, response_slot(code), 1);
             // SAFETY: plain helper call.
             let now = unsafe { bpf_ktime_get_ns() };
-            observe(m, HIST_TTFB, now.saturating_sub(tag.request_ns));
+            if let Some(m) = count(tag, response_slot(code)) {
+                observe(m, HIST_TTFB, now.saturating_sub(tag.request_ns));
+            }
         }
     }
 }

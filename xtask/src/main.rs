@@ -42,6 +42,9 @@ enum Command {
         /// Rounds of each path (alternating direct, steered).
         #[arg(long, default_value_t = 5)]
         rounds: u32,
+        /// Only the HTTP rounds (skip the connection rounds).
+        #[arg(long)]
+        http_only: bool,
     },
     /// (internal) The demo's client: joins a cgroup and connects in a bounded loop.
     #[command(hide = true)]
@@ -66,9 +69,10 @@ fn main() -> anyhow::Result<()> {
         Command::Measure {
             connections,
             rounds,
+            http_only,
         } => {
             setup::setup()?;
-            measure::measure(connections, rounds)
+            measure::measure(connections, rounds, http_only)
         }
         Command::DemoClient {
             cgroup,

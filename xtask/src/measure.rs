@@ -63,6 +63,7 @@ impl MeasuredAgent {
         let child = Command::new(&self.sluice)
             .args(["run", "--config"])
             .arg(&self.config)
+            .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()?;
         self.child = Some(child);
@@ -71,7 +72,7 @@ impl MeasuredAgent {
         Ok(())
     }
 
-    /// SIGKILL by pid: the pins stay, the next start re-adopts them.
+    /// SIGKILL by the pid we started: the pins stay, the next start re-adopts them.
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -81,7 +82,38 @@ impl MeasuredAgent {
     }
 }
 
-pub fn measure(connections: u64, rounds: u32) -> anyhow::Result<()> {
+/// Everything `measure` sets up, undone on drop: also when a round fails or panics.
+impl Drop for MeasuredAgent {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = Command::new(&self.sluice)
+            .args(["detach", "--pin-path", PIN_PATH, "--socket", SOCKET])
+            .output();
+        let _ = std::fs::remove_dir(&self.cgroup);
+        if let Some(dir) = self.config.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Restores kernel.bpf_stats_enabled on drop.
+struct StatsSwitch(String);
+
+impl StatsSwitch {
+    fn on() -> anyhow::Result<Self> {
+        let before = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
+        std::fs::write(STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(Self(before.trim().to_owned()))
+    }
+}
+
+impl Drop for StatsSwitch {
+    fn drop(&mut self) {
+        let _ = std::fs::write(STATS, &self.0);
+    }
+}
+
+pub fn measure(connections: u64, rounds: u32, http_only: bool) -> anyhow::Result<()> {
     if !crate::util::is_root() {
         bail!("measuring attaches kernel programs: run it as root");
     }
@@ -102,6 +134,7 @@ pub fn measure(connections: u64, rounds: u32) -> anyhow::Result<()> {
     // Greeting servers for the connection rounds, HTTP responders for the request rounds.
     let backend = Backend::start(BACKEND, "stable")?;
     let canary = Backend::start(CANARY, "canary")?;
+    measure_http::pin_self_to_cpu(1);
     let http_stable = Responder::start(HTTP_BACKEND)?;
     let http_canary = Responder::start(HTTP_CANARY)?;
     let dir = std::env::temp_dir().join("sluice-measure");
@@ -113,24 +146,18 @@ pub fn measure(connections: u64, rounds: u32) -> anyhow::Result<()> {
         child: None,
         signals: None,
     };
-    let stats_before = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
-    std::fs::write(STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
-    let result = agent
-        .ensure(true)
-        .and_then(|()| rounds_side_by_side(&cgroup, connections, rounds))
-        .and_then(|()| measure_http::rounds(&mut |s| agent.ensure(s), &cgroup, rounds));
-    agent.stop();
-    let _ = Command::new(&sluice)
-        .args(["detach", "--pin-path", PIN_PATH, "--socket", SOCKET])
-        .output();
-    let _ = std::fs::write(STATS, stats_before.trim());
+    let _stats = StatsSwitch::on()?;
+    agent.ensure(true)?;
+    if !http_only {
+        rounds_side_by_side(&cgroup, connections, rounds)?;
+    }
+    measure_http::rounds(&mut |s| agent.ensure(s), &cgroup, rounds)?;
+    drop(agent);
     backend.stop();
     canary.stop();
     http_stable.stop();
     http_canary.stop();
-    let _ = std::fs::remove_dir(&cgroup);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    Ok(())
 }
 
 fn rounds_side_by_side(cgroup: &Path, connections: u64, rounds: u32) -> anyhow::Result<()> {
@@ -159,12 +186,7 @@ fn rounds_side_by_side(cgroup: &Path, connections: u64, rounds: u32) -> anyhow::
             rate.entry(label)
                 .or_default()
                 .push(connections as f64 / secs);
-            for (name, (ns, cnt)) in prog_stats()? {
-                let (b_ns, b_cnt) = before.get(&name).copied().unwrap_or((0, 0));
-                let e = cost.entry((label, name)).or_default();
-                e.0 += ns - b_ns;
-                e.1 += cnt - b_cnt;
-            }
+            add_cost(&mut cost, &label, &before, &prog_stats()?);
         }
     }
     let median = |v: &Vec<f64>| {
@@ -191,19 +213,39 @@ fn rounds_side_by_side(cgroup: &Path, connections: u64, rounds: u32) -> anyhow::
     Ok(())
 }
 
-/// (run_time_ns, run_cnt) of every loaded sluice program, summed by name.
-pub fn prog_stats() -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
+/// (name, run_time_ns, run_cnt) of every loaded sluice program, by program id.
+pub fn prog_stats() -> anyhow::Result<BTreeMap<u64, (String, u64, u64)>> {
     let out = output(Command::new("bpftool").args(["--json", "prog", "show"]))
         .context("bpftool prog show")?;
     let progs: Vec<serde_json::Value> = serde_json::from_str(&out).context("bpftool json")?;
-    let mut stats = BTreeMap::new();
-    for p in progs {
-        let Some(name) = p["name"].as_str().filter(|n| n.starts_with("sluice_")) else {
-            continue;
-        };
-        let e: &mut (u64, u64) = stats.entry(name.to_owned()).or_default();
-        e.0 += p["run_time_ns"].as_u64().unwrap_or(0);
-        e.1 += p["run_cnt"].as_u64().unwrap_or(0);
+    Ok(progs
+        .iter()
+        .filter_map(|p| {
+            let name = p["name"].as_str().filter(|n| n.starts_with("sluice_"))?;
+            Some((
+                p["id"].as_u64()?,
+                (
+                    name.to_owned(),
+                    p["run_time_ns"].as_u64().unwrap_or(0),
+                    p["run_cnt"].as_u64().unwrap_or(0),
+                ),
+            ))
+        })
+        .collect())
+}
+
+/// Adds what each program ran between two readings to `cost`, by name. Programs are
+/// compared by id: an agent restart replaces program instances between readings.
+pub fn add_cost<K: Ord + Clone>(
+    cost: &mut BTreeMap<(K, String), (u64, u64)>,
+    key: &K,
+    before: &BTreeMap<u64, (String, u64, u64)>,
+    after: &BTreeMap<u64, (String, u64, u64)>,
+) {
+    for (id, (name, ns, cnt)) in after {
+        let (b_ns, b_cnt) = before.get(id).map_or((0, 0), |(_, n, c)| (*n, *c));
+        let e = cost.entry((key.clone(), name.clone())).or_default();
+        e.0 += ns.saturating_sub(b_ns);
+        e.1 += cnt.saturating_sub(b_cnt);
     }
-    Ok(stats)
 }

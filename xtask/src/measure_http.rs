@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, process::Command};
 use anyhow::{Context as _, bail};
 
 use crate::{
-    measure::{HTTP_BACKEND, HTTP_VIP, prog_stats},
+    measure::{HTTP_BACKEND, HTTP_VIP, add_cost, prog_stats},
     util::{output, run},
 };
 
@@ -36,19 +36,14 @@ pub fn rounds(
         ("connection per request", "-H 'Connection: close'"),
     ] {
         let mut rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-        let mut cost: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut cost: BTreeMap<((), String), (u64, u64)> = BTreeMap::new();
         for _ in 0..rounds {
             for (label, target, signals) in modes {
                 ensure_agent(signals)?;
                 let before = prog_stats()?;
                 let rate = wrk(cgroup, target, extra)?;
                 if label == "steering + signals" {
-                    for (name, (ns, cnt)) in prog_stats()? {
-                        let (b_ns, b_cnt) = before.get(&name).copied().unwrap_or((0, 0));
-                        let e = cost.entry(name).or_default();
-                        e.0 += ns - b_ns;
-                        e.1 += cnt - b_cnt;
-                    }
+                    add_cost(&mut cost, &(), &before, &prog_stats()?);
                 }
                 rates.entry(label).or_default().push(rate);
             }
@@ -73,7 +68,7 @@ pub fn rounds(
             100.0 * (1.0 - all / only)
         );
         println!("  kernel run time per call with every hook on ({kind}):");
-        for (name, (ns, cnt)) in &cost {
+        for (((), name), (ns, cnt)) in &cost {
             if *cnt > 0 {
                 println!(
                     "    {name:<22} {:>7.1} ns  ({cnt} calls)",
@@ -87,8 +82,10 @@ pub fn rounds(
 
 /// Runs wrk in the cgroup against `target`; requests per second.
 fn wrk(cgroup: &std::path::Path, target: &str, extra: &str) -> anyhow::Result<f64> {
+    // wrk on CPU 0, the responders (this process's threads) on CPU 1: two cores, one each,
+    // instead of the scheduler's reshuffling adding noise to every ratio.
     let script = format!(
-        "echo $$ > {}/cgroup.procs && exec wrk -t1 -c{CONNECTIONS} -d{SECONDS}s {extra} http://{target}/",
+        "echo $$ > {}/cgroup.procs && exec taskset -c 0 wrk -t1 -c{CONNECTIONS} -d{SECONDS}s {extra} http://{target}/",
         cgroup.display()
     );
     let out = output(Command::new("sh").args(["-c", &script])).context("wrk failed")?;
@@ -99,4 +96,17 @@ fn wrk(cgroup: &std::path::Path, target: &str, extra: &str) -> anyhow::Result<f6
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
         .with_context(|| format!("no Requests/sec in wrk output:\n{out}"))
+}
+
+/// Pins this process (and the responder threads it starts afterwards) to one CPU.
+pub fn pin_self_to_cpu(cpu: usize) {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) <= cpu {
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity only touch it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
 }
