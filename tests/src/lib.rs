@@ -63,8 +63,14 @@ pub fn probe_bin() -> std::path::PathBuf {
     dir.join("sluice-probe")
 }
 
-/// Runs the probe: joins `cgroup` (if any), makes `count` connections to `target`.
-pub fn probe(cgroup: Option<&TestCgroup>, target: SocketAddr, count: u64) -> ProbeResult {
+/// Runs the probe (in `cgroup`, if any) against `target` `count` times with `extra`
+/// arguments, and parses its JSON line.
+fn run_probe(
+    cgroup: Option<&TestCgroup>,
+    target: SocketAddr,
+    count: u64,
+    extra: &[&str],
+) -> serde_json::Value {
     let mut cmd = Command::new(probe_bin());
     if let Some(cg) = cgroup {
         cmd.arg("--cgroup").arg(cg.path());
@@ -76,6 +82,7 @@ pub fn probe(cgroup: Option<&TestCgroup>, target: SocketAddr, count: u64) -> Pro
             "--count",
             &count.to_string(),
         ])
+        .args(extra)
         .output()
         .expect("run sluice-probe");
     assert!(
@@ -83,7 +90,12 @@ pub fn probe(cgroup: Option<&TestCgroup>, target: SocketAddr, count: u64) -> Pro
         "probe failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe output");
+    serde_json::from_slice(&out.stdout).expect("probe output")
+}
+
+/// Runs the probe: joins `cgroup` (if any), makes `count` connections to `target`.
+pub fn probe(cgroup: Option<&TestCgroup>, target: SocketAddr, count: u64) -> ProbeResult {
+    let v = run_probe(cgroup, target, count, &[]);
     let map = |k: &str| {
         v[k].as_object()
             .expect("object")
@@ -165,26 +177,7 @@ pub fn http_probe(
     connections: u64,
     paths: &[&str],
 ) -> HttpProbeResult {
-    let mut cmd = Command::new(probe_bin());
-    if let Some(cg) = cgroup {
-        cmd.arg("--cgroup").arg(cg.path());
-    }
-    let out = cmd
-        .args([
-            "--connect",
-            &target.to_string(),
-            "--count",
-            &connections.to_string(),
-        ])
-        .args(["--http", &paths.join(",")])
-        .output()
-        .expect("run sluice-probe");
-    assert!(
-        out.status.success(),
-        "probe failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe output");
+    let v = run_probe(cgroup, target, connections, &["--http", &paths.join(",")]);
     HttpProbeResult {
         statuses: v["statuses"]
             .as_object()

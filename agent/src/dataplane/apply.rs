@@ -374,6 +374,19 @@ pub fn set_weight(maps: &mut Maps, vips: &[VipKey], ppm: u32) -> Result<u32, Dat
     Ok(previous.unwrap_or_default())
 }
 
+/// A service's steering counters, summed over CPUs.
+fn steer_counts(maps: &Maps, id: u32) -> Result<[u64; STEER_COUNTERS as usize], DataplaneError> {
+    let mut counts = [0u64; STEER_COUNTERS as usize];
+    for (c, v) in counts.iter_mut().enumerate() {
+        let values = maps
+            .steer_counters
+            .get(&steer_index(id, c as u32), 0)
+            .map_err(DataplaneError::Apply)?;
+        *v = values.iter().sum();
+    }
+    Ok(counts)
+}
+
 /// One service as `sluice status` shows it.
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct ServiceStatus {
@@ -406,14 +419,12 @@ pub fn status(
                 .services
                 .get(&d.vips[0], 0)
                 .map_err(DataplaneError::Apply)?;
-            let mut counters = BTreeMap::new();
-            for (c, name) in STEER_COUNTER_NAMES.iter().enumerate() {
-                let values = maps
-                    .steer_counters
-                    .get(&steer_index(*id, c as u32), 0)
-                    .map_err(DataplaneError::Apply)?;
-                counters.insert((*name).to_owned(), values.iter().sum());
-            }
+            let counts = steer_counts(maps, *id)?;
+            let counters: BTreeMap<String, u64> = STEER_COUNTER_NAMES
+                .iter()
+                .zip(counts)
+                .map(|(name, n)| ((*name).to_owned(), n))
+                .collect();
             let stable = counters[STEER_COUNTER_NAMES[STEERED_STABLE as usize]];
             let canary = counters[STEER_COUNTER_NAMES[STEERED_CANARY as usize]];
             let addr = |b: &Backend| {
@@ -480,14 +491,7 @@ pub fn samples(
                 .services
                 .get(&d.vips[0], 0)
                 .map_err(DataplaneError::Apply)?;
-            let mut steer = [0u64; STEER_COUNTERS as usize];
-            for (c, v) in steer.iter_mut().enumerate() {
-                let values = maps
-                    .steer_counters
-                    .get(&steer_index(*id, c as u32), 0)
-                    .map_err(DataplaneError::Apply)?;
-                *v = values.iter().sum();
-            }
+            let steer = steer_counts(maps, *id)?;
             let version = |v: u8| -> Result<Vec<u64>, DataplaneError> {
                 let mut sum = vec![0u64; sluice_common::metrics::METRIC_SLOTS as usize];
                 // A missing entry (an id whose metrics were never created) reads as zeros.

@@ -87,46 +87,29 @@ pub fn attach_or_adopt(
         let program = ebpf
             .program_mut(name)
             .ok_or(DataplaneError::Missing(name))?;
-        // Load, then either swap into the pinned link or attach anew.
+        // Load, then either swap into the pinned link or attach anew. aya's program types
+        // share no trait for load/fd/attach, hence the macro.
+        macro_rules! load_adopt_or_attach {
+            ($ty:ty, |$p:ident| $attach:expr) => {{
+                let $p: &mut $ty = program.try_into().map_err(prog_err)?;
+                $p.load().map_err(prog_err)?;
+                if pin.exists() {
+                    adopt(&pin, $p.fd().map_err(prog_err)?.as_fd())?;
+                    None
+                } else {
+                    let id = $attach.map_err(prog_err)?;
+                    Some(fd_link(name, $p.take_link(id).map_err(prog_err)?)?)
+                }
+            }};
+        }
+        let mode = CgroupAttachMode::default();
         let fresh: Option<FdLink> = match hook {
             CgroupHook::SockAddr => {
-                let p: &mut CgroupSockAddr = program.try_into().map_err(prog_err)?;
-                p.load().map_err(prog_err)?;
-                if pin.exists() {
-                    adopt(&pin, p.fd().map_err(prog_err)?.as_fd())?;
-                    None
-                } else {
-                    let id = p
-                        .attach(&cgroup_file, CgroupAttachMode::default())
-                        .map_err(prog_err)?;
-                    Some(fd_link(name, p.take_link(id).map_err(prog_err)?)?)
-                }
+                load_adopt_or_attach!(CgroupSockAddr, |p| p.attach(&cgroup_file, mode))
             }
-            CgroupHook::SockOps => {
-                let p: &mut SockOps = program.try_into().map_err(prog_err)?;
-                p.load().map_err(prog_err)?;
-                if pin.exists() {
-                    adopt(&pin, p.fd().map_err(prog_err)?.as_fd())?;
-                    None
-                } else {
-                    let id = p
-                        .attach(&cgroup_file, CgroupAttachMode::default())
-                        .map_err(prog_err)?;
-                    Some(fd_link(name, p.take_link(id).map_err(prog_err)?)?)
-                }
-            }
+            CgroupHook::SockOps => load_adopt_or_attach!(SockOps, |p| p.attach(&cgroup_file, mode)),
             CgroupHook::Skb(direction) => {
-                let p: &mut CgroupSkb = program.try_into().map_err(prog_err)?;
-                p.load().map_err(prog_err)?;
-                if pin.exists() {
-                    adopt(&pin, p.fd().map_err(prog_err)?.as_fd())?;
-                    None
-                } else {
-                    let id = p
-                        .attach(&cgroup_file, direction, CgroupAttachMode::default())
-                        .map_err(prog_err)?;
-                    Some(fd_link(name, p.take_link(id).map_err(prog_err)?)?)
-                }
+                load_adopt_or_attach!(CgroupSkb, |p| p.attach(&cgroup_file, direction, mode))
             }
         };
         match fresh {
