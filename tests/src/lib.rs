@@ -93,9 +93,61 @@ fn run_probe(
     serde_json::from_slice(&out.stdout).expect("probe output")
 }
 
+/// Runs the probe with TCP_SYNCNT set: `count` connects that give up after `syncnt` SYN
+/// retransmissions.
+pub fn syn_limited_probe(
+    cgroup: &TestCgroup,
+    target: SocketAddr,
+    count: u64,
+    syncnt: u32,
+) -> ProbeResult {
+    let v = run_probe(
+        Some(cgroup),
+        target,
+        count,
+        &["--syncnt", &syncnt.to_string()],
+    );
+    probe_result(&v)
+}
+
+/// A listener with a backlog of 0 that never accepts: once one connection waits in its
+/// queue, the kernel drops every further SYN (real loss, on loopback).
+pub fn full_listener(ip: std::net::Ipv4Addr) -> (std::net::TcpListener, std::net::TcpStream) {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain socket calls; the new descriptor is handed to TcpListener, which owns it.
+    let listener = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket");
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(ip.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let bound = libc::bind(
+            fd,
+            (&raw const addr).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(bound, 0, "bind");
+        assert_eq!(libc::listen(fd, 0), 0, "listen");
+        std::net::TcpListener::from_raw_fd(fd)
+    };
+    let addr = listener.local_addr().expect("addr");
+    // Fill the one slot of the accept queue, from this (unsteered) process.
+    let filler = std::net::TcpStream::connect(addr).expect("fill the accept queue");
+    (listener, filler)
+}
+
 /// Runs the probe: joins `cgroup` (if any), makes `count` connections to `target`.
 pub fn probe(cgroup: Option<&TestCgroup>, target: SocketAddr, count: u64) -> ProbeResult {
     let v = run_probe(cgroup, target, count, &[]);
+    probe_result(&v)
+}
+
+fn probe_result(v: &serde_json::Value) -> ProbeResult {
     let map = |k: &str| {
         v[k].as_object()
             .expect("object")

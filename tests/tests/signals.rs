@@ -309,3 +309,85 @@ fn a_slow_canary_shows_in_its_time_to_first_byte() {
         assert_eq!(m.get("sluice_tcp_rtt_seconds_count", &l), established);
     }
 }
+
+/// Real SYN loss on loopback (a listener whose accept queue is full drops SYNs): connects
+/// that give up after one SYN retransmission are counted as timeouts, exactly as the
+/// clients saw them, with their retransmissions and RTO expiries.
+#[test]
+fn handshake_timeouts_retransmits_and_rtos_are_counted() {
+    if !root_or_skip("handshake_timeouts_retransmits_and_rtos_are_counted") {
+        return;
+    }
+    let t = tag("timeout");
+    let cg = TestCgroup::new(&t);
+    let (listener, _filler) = sluice_tests::full_listener("127.0.0.1".parse().expect("ip"));
+    let stable = listener.local_addr().expect("addr");
+    let canary = HttpBackend::start("127.0.0.1", Behaviour::default());
+    let slow = vip("127.77.5.5");
+    let agent = Agent::start(
+        &t,
+        &cg,
+        &http_service("slow", slow, 0.0, stable, canary.addr),
+    );
+
+    // Three clients in parallel, two connects each, one SYN retransmission allowed.
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let path = cg.path().to_owned();
+            std::thread::spawn(move || {
+                let cg = TestCgroup::at_existing(&path);
+                let r = sluice_tests::syn_limited_probe(&cg, slow, 2, 1);
+                std::mem::forget(cg);
+                r
+            })
+        })
+        .collect();
+    let timed_out: u64 = clients
+        .into_iter()
+        .map(|c| {
+            let r = c.join().expect("client");
+            assert_eq!(r.errors.keys().collect::<Vec<_>>(), ["TimedOut"], "{r:?}");
+            r.errors["TimedOut"]
+        })
+        .sum();
+    assert_eq!(timed_out, 6);
+
+    let (m, _) = Scraped::fetch(agent.metrics_addr());
+    let l = |extra: &[(&'static str, &'static str)]| {
+        let mut l = vec![("service", "slow"), ("version", "stable")];
+        l.extend_from_slice(extra);
+        l
+    };
+    assert_eq!(
+        m.get(
+            "sluice_connections_failed_total",
+            &l(&[("reason", "timeout")])
+        ),
+        timed_out
+    );
+    assert_eq!(
+        m.get(
+            "sluice_connections_failed_total",
+            &l(&[("reason", "refused")])
+        ),
+        0
+    );
+    assert_eq!(m.get("sluice_connections_established_total", &l(&[])), 0);
+    // In SYN_SENT every expiry of the retransmission timer either sends the SYN again or
+    // gives up: expiries = retransmissions + timeouts, exactly. (How many retransmissions
+    // TCP_SYNCNT=1 allows depends on the kernel: 6.x spaces the first SYN retransmissions
+    // linearly, tcp_syn_linear_timeouts, and sends two.) Every connect did the same.
+    let retransmits = m.get("sluice_tcp_retransmits_total", &l(&[]));
+    let rtos = m.get("sluice_tcp_rto_expirations_total", &l(&[]));
+    eprintln!("{timed_out} timeouts: {retransmits} retransmitted segments, {rtos} RTO expiries");
+    assert!(
+        retransmits >= timed_out && retransmits % timed_out == 0,
+        "{retransmits} retransmissions"
+    );
+    assert_eq!(
+        rtos,
+        retransmits + timed_out,
+        "every RTO expiry retransmitted or gave up"
+    );
+    drop(listener);
+}

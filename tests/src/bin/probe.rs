@@ -32,6 +32,10 @@ fn main() {
     let target: SocketAddr = arg("--connect").parse().expect("--connect ADDR:PORT");
     if args.iter().any(|a| a == "--hold") {
         hold(target);
+    } else if let Some(i) = args.iter().position(|a| a == "--syncnt") {
+        let syncnt: i32 = args[i + 1].parse().expect("--syncnt N");
+        let count: u64 = arg("--count").parse().expect("--count N");
+        syn_limited(target, count, syncnt);
     } else if let Some(i) = args.iter().position(|a| a == "--http") {
         let count: u64 = arg("--count").parse().expect("--count N");
         let paths: Vec<&str> = args[i + 1].split(',').collect();
@@ -152,6 +156,61 @@ fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<u16> {
     let mut body = vec![0u8; length];
     std::io::Read::read_exact(reader, &mut body)?;
     Ok(status)
+}
+
+/// `count` connects with TCP_SYNCNT (SYN retransmissions before giving up) set, one after
+/// the other; reports the errors. IPv4 only.
+fn syn_limited(target: SocketAddr, count: u64, syncnt: i32) {
+    let SocketAddr::V4(v4) = target else {
+        panic!("--syncnt takes an IPv4 address")
+    };
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut connected = 0u64;
+    for _ in 0..count {
+        match connect_syncnt(v4, syncnt) {
+            Ok(()) => connected += 1,
+            Err(e) => *errors.entry(format!("{:?}", e.kind())).or_default() += 1,
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "replies": { "connected": connected }, "errors": errors, "peer_vip": 0, "peer_other": 0 })
+    );
+}
+
+fn connect_syncnt(target: std::net::SocketAddrV4, syncnt: i32) -> std::io::Result<()> {
+    let last = std::io::Error::last_os_error;
+    // SAFETY: plain socket calls on a descriptor this function owns and closes; the option
+    // and address point at live values of the sizes given.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            return Err(last());
+        }
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_SYNCNT,
+            (&raw const syncnt).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        );
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: target.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(target.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let ret = libc::connect(
+            fd,
+            (&raw const addr).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let result = if ret == 0 { Ok(()) } else { Err(last()) };
+        libc::close(fd);
+        result
+    }
 }
 
 fn hold(target: SocketAddr) {
