@@ -169,6 +169,10 @@ impl DemoEnv {
         if let Some(cg) = self.cgroup.take() {
             let _ = std::fs::remove_dir(&cg);
         }
+        // The daemon removes its socket when it exits on its own; not when it was killed.
+        if let Some(dir) = Path::new(SOCKET).parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

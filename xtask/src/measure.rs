@@ -90,7 +90,10 @@ impl Drop for MeasuredAgent {
             .args(["detach", "--pin-path", PIN_PATH, "--socket", SOCKET])
             .output();
         let _ = std::fs::remove_dir(&self.cgroup);
-        if let Some(dir) = self.config.parent() {
+        for dir in [self.config.parent(), Path::new(SOCKET).parent()]
+            .into_iter()
+            .flatten()
+        {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
