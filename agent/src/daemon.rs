@@ -147,6 +147,7 @@ fn reload(dp: &mut Dataplane, current: &mut Config, path: &Path, why: &str) {
             "metrics_address",
             next.metrics_address != current.metrics_address,
         ),
+        ("signals", next.signals != current.signals),
     ] {
         if changed {
             tracing::error!(

@@ -5,7 +5,7 @@
 //! outstanding. Pipelined requests (a second request before the first response) are not
 //! separated: the second one is not counted. Minimum kernel: 5.2 (socket storage).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, helpers::bpf_sk_fullsock, programs::SkBuffContext};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::SkBuffContext};
 use sluice_common::{
     IPPROTO_TCP,
     maps::SockTag,
@@ -32,9 +32,9 @@ fn http_tag(ctx: &SkBuffContext) -> Option<&'static mut SockTag> {
     if sk.is_null() {
         return None;
     }
-    // SAFETY: a non-null socket pointer from the context.
-    let full = unsafe { bpf_sk_fullsock(sk) };
-    let tag = tag_of(sk_ptr(full))?;
+    // No bpf_sk_fullsock: the storage helper itself answers null for request and
+    // time-wait sockets, one helper call fewer per packet.
+    let tag = tag_of(sk_ptr(sk))?;
     (tag.http1 != 0).then_some(tag)
 }
 

@@ -116,6 +116,24 @@ fn bad_configs_are_rejected_and_change_nothing_in_the_kernel() {
     let r = probe(Some(&segment), vip, 100);
     assert_eq!(r.total(), 100, "{r:?}");
 
+    // Keys that need a restart are refused on reload, whatever else is valid.
+    let restart_only = agent
+        .config_text(&cg, &services(20))
+        .replace("services:\n", "signals: false\nservices:\n");
+    agent.write_raw_config(&restart_only);
+    agent.wait_log("cannot change on reload", 1, Duration::from_secs(5));
+    assert!(
+        agent.log().contains("key=\"signals\"") || agent.log().contains("key=signals"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(dump_maps(&agent), before);
+    assert_eq!(
+        Agent::attached(cg.path()).len(),
+        sluice_tests::CGROUP_PROGRAMS,
+        "signal programs stay attached"
+    );
+
     // A good configuration then applies: the dumps can and do see a change.
     agent.write_config(&cg, &services(20));
     agent.wait_log("configuration applied", 1, Duration::from_secs(5));
