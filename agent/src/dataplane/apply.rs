@@ -8,16 +8,13 @@
 //!
 //! A failure in 1 or 2 undoes what was written, so the maps end exactly as they were.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use aya::maps::{MapError, PerCpuValues};
-use serde::Serialize;
 use sluice_common::{
     MAX_SERVICES,
-    counters::{STEER_COUNTER_NAMES, STEER_COUNTERS, STEERED_CANARY, STEERED_STABLE, steer_index},
-    maps::{
-        Backend, MODE_STICKY, SegmentKey, Service, SlotKey, VERSION_CANARY, VERSION_STABLE, VipKey,
-    },
+    counters::{STEER_COUNTERS, steer_index},
+    maps::{Backend, SegmentKey, Service, SlotKey, VERSION_CANARY, VERSION_STABLE, VipKey},
     metrics::{Metrics, MetricsKey},
 };
 
@@ -29,8 +26,7 @@ pub fn metrics_key(service: u32, version: u8) -> MetricsKey {
     }
 }
 
-use super::{DataplaneError, DesiredService, Maps, words_addr};
-use crate::config::ppm_to_percent;
+use super::{DataplaneError, DesiredService, Maps};
 
 #[derive(Debug, Default)]
 pub struct ApplyReport {
@@ -372,146 +368,4 @@ pub fn set_weight(maps: &mut Maps, vips: &[VipKey], ppm: u32) -> Result<u32, Dat
             .map_err(DataplaneError::Apply)?;
     }
     Ok(previous.unwrap_or_default())
-}
-
-/// A service's steering counters, summed over CPUs.
-fn steer_counts(maps: &Maps, id: u32) -> Result<[u64; STEER_COUNTERS as usize], DataplaneError> {
-    let mut counts = [0u64; STEER_COUNTERS as usize];
-    for (c, v) in counts.iter_mut().enumerate() {
-        let values = maps
-            .steer_counters
-            .get(&steer_index(id, c as u32), 0)
-            .map_err(DataplaneError::Apply)?;
-        *v = values.iter().sum();
-    }
-    Ok(counts)
-}
-
-/// One service as `sluice status` shows it.
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
-pub struct ServiceStatus {
-    pub name: String,
-    pub id: u32,
-    pub virtual_addresses: Vec<String>,
-    pub selection: String,
-    /// The share in force in the kernel now.
-    pub canary_percent: f64,
-    /// The share the configuration asks for.
-    pub config_canary_percent: f64,
-    pub generation: u32,
-    pub stable: Vec<String>,
-    pub canary: Vec<String>,
-    pub segmented: bool,
-    /// Steering counters since the service was first configured (they survive restarts).
-    pub counters: BTreeMap<String, u64>,
-    /// Share of steered connections that went to the canary, over the counters' lifetime.
-    pub measured_canary_percent: Option<f64>,
-}
-
-pub fn status(
-    maps: &Maps,
-    applied: &[(DesiredService, u32)],
-) -> Result<Vec<ServiceStatus>, DataplaneError> {
-    applied
-        .iter()
-        .map(|(d, id)| {
-            let entry = maps
-                .services
-                .get(&d.vips[0], 0)
-                .map_err(DataplaneError::Apply)?;
-            let counts = steer_counts(maps, *id)?;
-            let counters: BTreeMap<String, u64> = STEER_COUNTER_NAMES
-                .iter()
-                .zip(counts)
-                .map(|(name, n)| ((*name).to_owned(), n))
-                .collect();
-            let stable = counters[STEER_COUNTER_NAMES[STEERED_STABLE as usize]];
-            let canary = counters[STEER_COUNTER_NAMES[STEERED_CANARY as usize]];
-            let addr = |b: &Backend| {
-                std::net::SocketAddr::new(words_addr(b.addr), u16::from_be(b.port)).to_string()
-            };
-            let list = |t: &[Backend]| {
-                // A weighted backend fills several slots: list it once.
-                let mut v: Vec<String> = t.iter().map(addr).collect();
-                v.sort();
-                v.dedup();
-                v
-            };
-            Ok(ServiceStatus {
-                name: d.name.clone(),
-                id: *id,
-                virtual_addresses: d
-                    .vips
-                    .iter()
-                    .map(|v| {
-                        std::net::SocketAddr::new(words_addr(v.addr), u16::from_be(v.port))
-                            .to_string()
-                    })
-                    .collect(),
-                selection: if entry.mode == MODE_STICKY {
-                    "sticky"
-                } else {
-                    "random"
-                }
-                .into(),
-                canary_percent: ppm_to_percent(entry.canary_ppm),
-                config_canary_percent: ppm_to_percent(entry.config_ppm),
-                generation: entry.generation,
-                stable: list(&d.stable),
-                canary: list(&d.canary),
-                segmented: entry.flags != 0,
-                counters,
-                measured_canary_percent: (stable + canary > 0)
-                    .then(|| 100.0 * canary as f64 / (stable + canary) as f64),
-            })
-        })
-        .collect()
-}
-
-/// Raw kernel numbers of one service, summed over CPUs, for the exporter.
-#[derive(Clone, Debug)]
-pub struct ServiceSample {
-    pub name: String,
-    pub canary_ppm: u32,
-    pub config_ppm: u32,
-    pub http1: bool,
-    pub steer: [u64; STEER_COUNTERS as usize],
-    /// Metric slots of stable, then canary.
-    pub versions: [Vec<u64>; 2],
-}
-
-pub fn samples(
-    maps: &Maps,
-    applied: &[(DesiredService, u32)],
-) -> Result<Vec<ServiceSample>, DataplaneError> {
-    applied
-        .iter()
-        .map(|(d, id)| {
-            let entry = maps
-                .services
-                .get(&d.vips[0], 0)
-                .map_err(DataplaneError::Apply)?;
-            let steer = steer_counts(maps, *id)?;
-            let version = |v: u8| -> Result<Vec<u64>, DataplaneError> {
-                let mut sum = vec![0u64; sluice_common::metrics::METRIC_SLOTS as usize];
-                // A missing entry (an id whose metrics were never created) reads as zeros.
-                if let Ok(per_cpu) = maps.metrics.get(&metrics_key(*id, v), 0) {
-                    for cpu in per_cpu.iter() {
-                        for (s, x) in sum.iter_mut().zip(cpu.slots.iter()) {
-                            *s += x;
-                        }
-                    }
-                }
-                Ok(sum)
-            };
-            Ok(ServiceSample {
-                name: d.name.clone(),
-                canary_ppm: entry.canary_ppm,
-                config_ppm: entry.config_ppm,
-                http1: entry.flags & sluice_common::maps::FLAG_HTTP1 != 0,
-                steer,
-                versions: [version(VERSION_STABLE)?, version(VERSION_CANARY)?],
-            })
-        })
-        .collect()
 }

@@ -5,13 +5,15 @@ mod apply;
 mod desired;
 mod links;
 mod maps;
+mod read;
 
 use std::path::{Path, PathBuf};
 
-pub use apply::{ApplyReport, ServiceSample, ServiceStatus};
+pub use apply::ApplyReport;
 pub use desired::{DesiredService, addr_words, slot_counts, vip_key, words_addr};
 pub use links::{detach_pins, links_dir};
 pub use maps::Maps;
+pub use read::{ServiceSample, ServiceStatus};
 
 use crate::config::Config;
 
@@ -148,12 +150,12 @@ impl Dataplane {
 
     /// What the kernel holds for each applied service, with its counters.
     pub fn status(&self) -> Result<Vec<ServiceStatus>, DataplaneError> {
-        apply::status(&self.maps, &self.applied)
+        read::status(&self.maps, &self.applied)
     }
 
     /// Raw counters of every applied service, for the exporter.
     pub fn samples(&self) -> Result<Vec<ServiceSample>, DataplaneError> {
-        apply::samples(&self.maps, &self.applied)
+        read::samples(&self.maps, &self.applied)
     }
 
     pub fn pin_dir(&self) -> &Path {
