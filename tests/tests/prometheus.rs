@@ -187,6 +187,32 @@ fn prometheus_scrapes_and_promql_sees_success_rate_and_p99() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // The measured shares over the last minute: the agent samples every 5 s, so wait for a
+    // sample taken after the traffic. The window holds all of it: the shares must equal the
+    // canary's share of what the servers saw.
+    let (s_seen, c_seen) = (stable.seen(), canary.seen());
+    let expect_connections =
+        c_seen.connections as f64 / (s_seen.connections + c_seen.connections) as f64;
+    let expect_requests = c_seen.requests as f64 / (s_seen.requests + c_seen.requests) as f64;
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (m, _) = Scraped::fetch(agent.metrics_addr());
+        let conn = m.sum(
+            "sluice_canary_connection_share_ratio",
+            &[("service", "web")],
+        );
+        let req = m.sum("sluice_canary_request_share_ratio", &[("service", "web")]);
+        if (conn - expect_connections).abs() < 1e-9 && (req - expect_requests).abs() < 1e-9 {
+            eprintln!("measured shares: connections {conn:.4}, requests {req:.4}");
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "shares {conn} / {req}, servers imply {expect_connections} / {expect_requests}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     let prometheus = Prometheus::start(&t, agent.metrics_addr());
     let end = Instant::now() + Duration::from_secs(20);
     loop {

@@ -35,7 +35,7 @@ fn requests(slots: &[u64]) -> u64 {
 }
 
 impl ShareWindows {
-    /// Records the current counters (call about once a second).
+    /// Records the current counters (the daemon calls this every few seconds).
     pub fn record(&mut self, samples: &[ServiceSample], now: Instant) {
         self.points
             .retain(|name, _| samples.iter().any(|s| &s.name == name));
