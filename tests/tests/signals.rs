@@ -111,11 +111,12 @@ fn every_counter_equals_what_clients_and_servers_saw() {
     let mut total_responses = 0;
     for (v, version) in VERSIONS.iter().enumerate() {
         let seen = backends[v].seen();
-        let l = |extra: &[(&'static str, &'static str)]| {
-            let mut l = vec![("service", "web"), ("version", *version)];
+        fn labels<'a>(version: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+            let mut l = vec![("service", "web"), ("version", version)];
             l.extend_from_slice(extra);
             l
-        };
+        }
+        let l = |extra: &[(&'static str, &'static str)]| labels(version, extra);
         // Connections: what the server accepted, less the unrelated ones it also accepted.
         let unrelated = 20;
         assert_eq!(
@@ -152,7 +153,7 @@ fn every_counter_equals_what_clients_and_servers_saw() {
             let counted = if [200u16, 201, 404, 503].contains(code) {
                 m.get(
                     "sluice_http_responses_total",
-                    &l(&[("code", &*code.to_string().leak())]),
+                    &labels(version, &[("code", code.to_string().as_str())]),
                 )
             } else {
                 m.get("sluice_http_responses_total", &l(&[("code", "other")]))
@@ -219,7 +220,7 @@ fn every_counter_equals_what_clients_and_servers_saw() {
         let l = [("service", "plain"), ("version", *version)];
         assert_eq!(
             m.get("sluice_tcp_resets_sent_total", &l),
-            r_from(&plain_seen, greeter),
+            plain_seen.from(&greeter.name),
             "{version}"
         );
         assert_eq!(m.get("sluice_tcp_resets_received_total", &l), 0);
@@ -258,11 +259,6 @@ fn every_counter_equals_what_clients_and_servers_saw() {
         later.get("sluice_connections_attempted_total", &[("service", "web")]),
         before.get("sluice_connections_attempted_total", &[("service", "web")]) + 10
     );
-}
-
-/// Connections the probe had answered by this greeting backend.
-fn r_from(r: &sluice_tests::ProbeResult, b: &Backend) -> u64 {
-    r.from(&b.name)
 }
 
 #[test]
