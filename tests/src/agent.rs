@@ -15,6 +15,7 @@ pub struct Agent {
     pub pin_path: PathBuf,
     pub socket: PathBuf,
     pub log_path: PathBuf,
+    pub state_path: PathBuf,
 }
 
 pub fn sluice_bin() -> PathBuf {
@@ -35,6 +36,7 @@ impl Agent {
             pin_path: PathBuf::from(format!("/sys/fs/bpf/sluice-test-{tag}")),
             socket: dir.join("api/sluice.sock"),
             log_path: dir.join("sluice.log"),
+            state_path: dir.join("rollouts.json"),
             dir,
         };
         agent.write_config(cgroup, services_yaml);
@@ -44,10 +46,11 @@ impl Agent {
 
     pub fn config_text(&self, cgroup: &TestCgroup, services_yaml: &str) -> String {
         format!(
-            "cgroup: {}\npin_path: {}\napi_socket: {}\nmetrics_address: 127.0.0.1:0\nservices:\n{services_yaml}",
+            "cgroup: {}\npin_path: {}\napi_socket: {}\nstate_path: {}\nmetrics_address: 127.0.0.1:0\nservices:\n{services_yaml}",
             cgroup.path().display(),
             self.pin_path.display(),
-            self.socket.display()
+            self.socket.display(),
+            self.state_path.display()
         )
     }
 
@@ -146,6 +149,40 @@ impl Agent {
         assert!(ok, "sluice weight failed: {err}");
     }
 
+    /// One service's entry in `sluice status`.
+    pub fn service(&self, service: &str) -> serde_json::Value {
+        let status = self.status();
+        status["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .find(|s| s["name"] == service)
+            .unwrap_or_else(|| panic!("no service {service} in status"))
+            .clone()
+    }
+
+    /// The rollout of a service, as `sluice status` reports it.
+    pub fn rollout(&self, service: &str) -> serde_json::Value {
+        self.service(service)["rollout"].clone()
+    }
+
+    /// Waits until the rollout's phase is `phase`; returns the rollout.
+    pub fn wait_phase(&self, service: &str, phase: &str, timeout: Duration) -> serde_json::Value {
+        let end = Instant::now() + timeout;
+        loop {
+            let r = self.rollout(service);
+            if r["phase"] == phase {
+                return r;
+            }
+            assert!(
+                Instant::now() < end,
+                "rollout of {service} never reached {phase}; now:\n{r:#}\nlog:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
@@ -202,6 +239,8 @@ impl Drop for Agent {
         let _ = Command::new(sluice_bin())
             .args(["detach", "--pin-path"])
             .arg(&self.pin_path)
+            .arg("--state-path")
+            .arg(&self.state_path)
             .arg("--socket")
             .arg(&self.socket)
             .output();

@@ -70,6 +70,17 @@ impl HttpBackend {
     pub fn seen(&self) -> Seen {
         self.seen.lock().expect("seen").clone()
     }
+
+    /// Stops accepting and closes the listening socket: from now on connects are refused
+    /// (a crashed backend). What it saw stays readable.
+    pub fn close(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop; it sees `stop`, returns, and drops the listener.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn serve(conn: TcpStream, behaviour: Behaviour, seen: &Mutex<Seen>, counter: &AtomicU64) {
@@ -143,11 +154,7 @@ fn serve(conn: TcpStream, behaviour: Behaviour, seen: &Mutex<Seen>, counter: &At
 
 impl Drop for HttpBackend {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.close();
     }
 }
 

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod backend;
 pub mod cgroup;
 pub mod http;
+pub mod load;
 
 use std::{net::SocketAddr, process::Command};
 

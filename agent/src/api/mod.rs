@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub use client::{ClientError, call};
 pub use server::{ApiCall, ServerError, serve};
 
-use crate::dataplane::ServiceStatus;
+use crate::{dataplane::ServiceStatus, rollout::RolloutStatus};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -21,6 +21,20 @@ pub enum Request {
     },
     /// Remove every program, link and pin, then exit.
     Detach,
+    /// Rollout control: `action` is promote, abort, pause or resume.
+    Rollout {
+        service: String,
+        action: RolloutAction,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutAction {
+    Promote,
+    Abort,
+    Pause,
+    Resume,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -40,6 +54,10 @@ pub enum Response {
     },
     Detached {
         removed: usize,
+    },
+    Rollout {
+        service: String,
+        status: Box<RolloutStatus>,
     },
     Error {
         message: String,

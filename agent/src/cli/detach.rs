@@ -6,7 +6,7 @@ use crate::{
     dataplane::detach_pins,
 };
 
-pub fn detach(pin_path: &Path, socket: &Path) -> ExitCode {
+pub fn detach(pin_path: &Path, state_path: &Path, socket: &Path) -> ExitCode {
     if crate::sys::effective_uid() != 0 {
         eprintln!("sluice: detach needs root");
         return ExitCode::from(exit::NOPERM);
@@ -27,6 +27,11 @@ pub fn detach(pin_path: &Path, socket: &Path) -> ExitCode {
         // No daemon: remove the pins ourselves.
         Err(ClientError::Connect { .. }) => {}
         Err(e) => return fail(exit::UNAVAILABLE, &e),
+    }
+    match std::fs::remove_file(state_path) {
+        Ok(()) => println!("removed {}", state_path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => eprintln!("sluice: cannot remove {}: {e}", state_path.display()),
     }
     match detach_pins(pin_path) {
         Ok(removed) if removed.is_empty() => {

@@ -2,6 +2,7 @@
 
 mod check;
 mod detach;
+mod rollout;
 mod run;
 mod status;
 mod weight;
@@ -10,7 +11,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::DEFAULT_API_SOCKET;
+use crate::{api::RolloutAction, config::DEFAULT_API_SOCKET};
 
 /// Exit codes (sysexits.h), so scripts and probes can tell failures apart.
 pub mod exit {
@@ -65,7 +66,9 @@ enum Command {
         #[arg(long, short, env = "SLUICE_CONFIG")]
         config: PathBuf,
     },
-    /// Show each service's virtual addresses, share, backends and steering counters.
+    /// Show each service's virtual addresses, share, backends and steering counters; with a
+    /// SERVICE, also its rollout: phase, step, weight, live numbers and the last decisions
+    /// with their evidence.
     Status {
         /// Only this service.
         service: Option<String>,
@@ -87,16 +90,38 @@ enum Command {
         #[arg(long, default_value = DEFAULT_API_SOCKET, env = "SLUICE_SOCKET")]
         socket: PathBuf,
     },
+    /// Promote a rollout now: all new connections go to the canary backends, which become
+    /// the stable set. Skips the remaining steps and any promotion gate.
+    Promote(RolloutArgs),
+    /// Abort a rollout: the canary share goes to 0 at once (RolledBack). Final for this
+    /// canary set; a new canary set starts a new rollout.
+    Abort(RolloutArgs),
+    /// Pause a rollout: the share stays where it is, analysis stops; guards keep watching.
+    Pause(RolloutArgs),
+    /// Resume a paused rollout at the same step, with a fresh analysis window.
+    Resume(RolloutArgs),
     /// Remove every program, link and pin: steering stops. Asks a running daemon to do it
     /// (and exit); without one, removes the pins itself.
     Detach {
         /// The pin directory of the agent to detach (the config's `pin_path`).
         #[arg(long, default_value = crate::config::DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
+        /// The rollout state file (the config's `state_path`), removed with the pins.
+        #[arg(long, default_value = crate::config::DEFAULT_STATE_PATH)]
+        state_path: PathBuf,
         /// The daemon's control socket.
         #[arg(long, default_value = DEFAULT_API_SOCKET, env = "SLUICE_SOCKET")]
         socket: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct RolloutArgs {
+    /// Service name, as in the configuration.
+    service: String,
+    /// The daemon's control socket.
+    #[arg(long, default_value = DEFAULT_API_SOCKET, env = "SLUICE_SOCKET")]
+    socket: PathBuf,
 }
 
 pub fn main() -> ExitCode {
@@ -114,7 +139,15 @@ pub fn main() -> ExitCode {
             percent,
             socket,
         } => weight::weight(&socket, &service, percent),
-        Command::Detach { pin_path, socket } => detach::detach(&pin_path, &socket),
+        Command::Promote(a) => rollout::control(&a.socket, &a.service, RolloutAction::Promote),
+        Command::Abort(a) => rollout::control(&a.socket, &a.service, RolloutAction::Abort),
+        Command::Pause(a) => rollout::control(&a.socket, &a.service, RolloutAction::Pause),
+        Command::Resume(a) => rollout::control(&a.socket, &a.service, RolloutAction::Resume),
+        Command::Detach {
+            pin_path,
+            state_path,
+            socket,
+        } => detach::detach(&pin_path, &state_path, &socket),
     }
 }
 

@@ -4,6 +4,7 @@ use super::{Output, exit, fail};
 use crate::{
     api::{self, Request, Response},
     dataplane::ServiceStatus,
+    rollout::RolloutStatus,
 };
 
 pub fn status(socket: &Path, only: Option<&str>, output: Output) -> ExitCode {
@@ -41,6 +42,12 @@ pub fn status(socket: &Path, only: Option<&str>, output: Output) -> ExitCode {
             println!("sluice {version}  cgroup {cgroup}  pins {pin_dir}  config {config}");
             println!();
             print!("{}", table(&services));
+            if only.is_some()
+                && let Some(r) = services.first().and_then(|s| s.rollout.as_deref())
+            {
+                println!();
+                print!("{}", rollout_details(r));
+            }
         }
     }
     ExitCode::SUCCESS
@@ -60,6 +67,7 @@ fn table(services: &[ServiceStatus]) -> String {
             "->CANARY",
             "MEASURED%",
             "FALLBACKS",
+            "ROLLOUT",
         ]
         .map(String::from),
     ];
@@ -90,6 +98,9 @@ fn table(services: &[ServiceStatus]) -> String {
                 + c("slot_missing")
                 + c("family_mismatch"))
             .to_string(),
+            s.rollout.as_ref().map_or("-".into(), |r| {
+                format!("{} {}/{}", r.phase.name(), r.step, r.steps_percent.len())
+            }),
         ]);
     }
     let widths: Vec<usize> = (0..rows[0].len())
@@ -105,4 +116,84 @@ fn table(services: &[ServiceStatus]) -> String {
             format!("{}\n", cells.join("  ").trim_end())
         })
         .collect()
+}
+
+fn rollout_details(r: &RolloutStatus) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let steps: Vec<String> = r.steps_percent.iter().map(|p| format!("{p}%")).collect();
+    let _ = writeln!(
+        out,
+        "rollout: {}  step {} of {} [{}]  canary share {}%  failed analyses {}/{}  promotion {}",
+        r.phase.name(),
+        r.step,
+        r.steps_percent.len(),
+        steps.join(" "),
+        r.weight_percent,
+        r.failed_checks,
+        r.failure_threshold,
+        r.promotion,
+    );
+    let _ = writeln!(out, "  {}", r.reason);
+    if let Some([s, c]) = r.window_samples {
+        let _ = writeln!(
+            out,
+            "  analysis window: stable {s}, canary {c} samples (needs {} each, every {}s)",
+            r.min_samples, r.interval_seconds
+        );
+    }
+    if let Some(live) = &r.live {
+        for (name, v) in ["stable", "canary"].iter().zip(live.iter()) {
+            let _ = writeln!(
+                out,
+                "  {name:<6}  {:>8.1}/s  errors {:>7}  p99 {}",
+                v.rate,
+                v.error_rate
+                    .map_or("-".into(), |e| format!("{:.2}%", 100.0 * e)),
+                v.p99_seconds.map_or("-".into(), fmt_seconds),
+            );
+        }
+    }
+    if !r.last_checks.is_empty() {
+        let _ = writeln!(out, "  last analysis:");
+        for c in &r.last_checks {
+            let _ = writeln!(
+                out,
+                "    {:<20} {:<12} value {}  threshold {}  samples stable {} canary {}  ({})",
+                c.check,
+                format!("{:?}", c.verdict).to_lowercase(),
+                c.value.map_or("-".into(), |v| fmt_value(v, &c.unit)),
+                fmt_value(c.threshold, &c.unit),
+                c.samples[0],
+                c.samples[1],
+                c.detail
+            );
+        }
+    }
+    let _ = writeln!(out, "  decisions (oldest first):");
+    for d in &r.decisions {
+        let _ = writeln!(
+            out,
+            "    {}  {:<14} -> {:<11} step {} at {}%: {}",
+            d.at_unix_ms,
+            d.action.name(),
+            d.phase.name(),
+            d.step,
+            d.weight_percent,
+            d.reason
+        );
+    }
+    out
+}
+
+fn fmt_seconds(s: f64) -> String {
+    crate::rollout::fmt_duration(std::time::Duration::from_secs_f64(s.max(0.0)))
+}
+
+fn fmt_value(v: f64, unit: &str) -> String {
+    match unit {
+        "seconds" => fmt_seconds(v),
+        "ratio" => format!("{:.2}%", 100.0 * v),
+        _ => format!("{v:.2}x"),
+    }
 }

@@ -6,11 +6,13 @@
 
 mod error;
 mod raw;
+mod rollout;
 mod validate;
 
 use std::{net::SocketAddr, path::PathBuf};
 
 pub use error::ConfigError;
+pub use rollout::{Checks, Guard, OnDeadline, Promotion, RolloutConfig, duration};
 pub use validate::{parse, parse_str, percent_to_ppm_checked};
 
 /// Default directory for pins (maps and links) under bpffs.
@@ -19,6 +21,8 @@ pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/sluice";
 pub const DEFAULT_API_SOCKET: &str = "/run/sluice/sluice.sock";
 /// Default metrics address: loopback only; set 0.0.0.0:9464 for a cluster-wide Prometheus.
 pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9464";
+/// Default file of the rollout controller's state (phase, step, weight per service).
+pub const DEFAULT_STATE_PATH: &str = "/var/lib/sluice/rollouts.json";
 
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +35,8 @@ pub struct Config {
     pub metrics_address: SocketAddr,
     /// Attach the signal programs (sock_ops, cgroup_skb, TCP tracepoints). Off: steering only.
     pub signals: bool,
+    /// Where the rollout controller keeps its state across restarts.
+    pub state_path: PathBuf,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -47,6 +53,8 @@ pub struct ServiceConfig {
     pub segment: Option<Vec<SegmentMember>>,
     /// Parse HTTP/1.x on this service's connections (`l7: http1`).
     pub http1: bool,
+    /// The controller walks the canary share up (`None`: the share is `canary_ppm`).
+    pub rollout: Option<RolloutConfig>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

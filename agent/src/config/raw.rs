@@ -12,6 +12,7 @@ pub struct RawConfig {
     pub metrics_address: Option<String>,
     #[serde(default = "default_signals")]
     pub signals: bool,
+    pub state_path: Option<String>,
     #[serde(default)]
     pub services: Vec<RawService>,
 }
@@ -34,6 +35,7 @@ pub struct RawService {
     pub segment: Option<Vec<String>>,
     #[serde(default = "default_l7")]
     pub l7: String,
+    pub rollout: Option<RawRollout>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,4 +64,41 @@ fn default_l7() -> String {
 
 fn default_signals() -> bool {
     true
+}
+
+/// `services[].rollout`: the controller's plan for this service's canary.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    pub steps: Option<Vec<f64>>,
+    pub step: Option<f64>,
+    pub max: Option<f64>,
+    pub interval: Option<String>,
+    pub min_samples: Option<i64>,
+    pub failure_threshold: Option<i64>,
+    pub deadline: Option<String>,
+    pub on_deadline: Option<String>,
+    pub promotion: Option<String>,
+    pub checks: Option<RawChecks>,
+    pub guard: Option<RawGuard>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChecks {
+    pub min_success_percent: Option<f64>,
+    pub max_p99_ttfb: Option<String>,
+    pub max_p99_connect: Option<String>,
+    pub max_connect_error_percent: Option<f64>,
+    pub max_error_increase_percent: Option<f64>,
+    pub confidence: Option<f64>,
+    pub max_p99_ratio: Option<f64>,
+    pub p99_ratio_floor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuard {
+    pub last: Option<i64>,
+    pub max_failures: Option<i64>,
 }

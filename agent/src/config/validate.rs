@@ -10,7 +10,7 @@ use sluice_common::{MAX_SERVICES, MAX_SLOTS_PER_VERSION, PPM};
 
 use super::{
     BackendConfig, Config, ConfigError, DEFAULT_API_SOCKET, DEFAULT_METRICS_ADDRESS,
-    DEFAULT_PIN_PATH, SegmentMember, Selection, ServiceConfig,
+    DEFAULT_PIN_PATH, DEFAULT_STATE_PATH, SegmentMember, Selection, ServiceConfig,
     raw::{RawBackend, RawConfig, RawService},
 };
 use crate::cgroup;
@@ -51,6 +51,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         "api_socket",
         raw.api_socket.as_deref().unwrap_or(DEFAULT_API_SOCKET),
     )?;
+    let state_path = absolute_path(
+        "state_path",
+        raw.state_path.as_deref().unwrap_or(DEFAULT_STATE_PATH),
+    )?;
     let metrics_text = raw
         .metrics_address
         .as_deref()
@@ -84,6 +88,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         api_socket,
         metrics_address,
         signals: raw.signals,
+        state_path,
         services,
     })
 }
@@ -211,6 +216,16 @@ fn service(key: &str, raw: RawService, cgroup2: &Path) -> Result<ServiceConfig, 
                 .collect::<Result<Vec<_>, ConfigError>>()
         })
         .transpose()?;
+    let rollout = raw
+        .rollout
+        .map(|r| super::rollout::rollout(&format!("{key}.rollout"), r, http1))
+        .transpose()?;
+    if rollout.is_some() && canary_ppm != 0 {
+        return Err(ConfigError::invalid(
+            format!("{key}.canary_percent"),
+            "the rollout sets the canary share; remove canary_percent (or the rollout)",
+        ));
+    }
     Ok(ServiceConfig {
         name: raw.name,
         virtual_addresses: vips,
@@ -220,6 +235,7 @@ fn service(key: &str, raw: RawService, cgroup2: &Path) -> Result<ServiceConfig, 
         canary,
         segment,
         http1,
+        rollout,
     })
 }
 

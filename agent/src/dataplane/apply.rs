@@ -276,9 +276,10 @@ fn plan(snap: &Snapshot, d: &DesiredService, id: u32) -> Plan {
         }
     };
     // Keep a runtime share (`sluice weight`) unless the configuration's share changed.
-    let canary_ppm = match previous {
-        Some(p) if p.config_ppm == d.config_ppm => p.canary_ppm,
-        _ => d.config_ppm,
+    let canary_ppm = match (d.forced_ppm, previous) {
+        (Some(forced), _) => forced,
+        (None, Some(p)) if p.config_ppm == d.config_ppm => p.canary_ppm,
+        (None, _) => d.config_ppm,
     };
     Plan {
         id,

@@ -21,6 +21,9 @@ pub struct DesiredService {
     pub salt: u64,
     pub flags: u8,
     pub config_ppm: u32,
+    /// The share to write whatever the kernel holds now (a rollout's weight); `None` keeps a
+    /// runtime share until `config_ppm` changes.
+    pub forced_ppm: Option<u32>,
     /// Slot tables, in slot order. `Backend::index` is the backend's position in the config.
     pub stable: Vec<Backend>,
     pub canary: Vec<Backend>,
@@ -28,7 +31,7 @@ pub struct DesiredService {
 }
 
 impl DesiredService {
-    pub fn from_config(s: &ServiceConfig) -> Self {
+    pub fn from_config(s: &ServiceConfig, forced_ppm: Option<u32>) -> Self {
         let (mode, salt) = match s.selection {
             Selection::Random => (MODE_RANDOM, 0),
             Selection::Sticky { salt } => (MODE_STICKY, salt),
@@ -47,6 +50,7 @@ impl DesiredService {
                 0
             } | if s.http1 { FLAG_HTTP1 } else { 0 },
             config_ppm: s.canary_ppm,
+            forced_ppm,
             stable: slot_table(&s.stable, VERSION_STABLE),
             canary: slot_table(&s.canary, VERSION_CANARY),
             segment,

@@ -7,7 +7,10 @@ mod links;
 mod maps;
 mod read;
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 pub use apply::ApplyReport;
 pub use desired::{DesiredService, addr_words, slot_counts, vip_key, words_addr};
@@ -123,12 +126,17 @@ impl Dataplane {
         links::attach_or_adopt(&mut self.ebpf, &self.pin_dir, &self.cgroup, self.signals)
     }
 
-    /// Writes `config` into the maps: all or nothing (see `apply`).
-    pub fn apply(&mut self, config: &Config) -> Result<ApplyReport, DataplaneError> {
+    /// Writes `config` into the maps: all or nothing (see `apply`). Services in `forced` get
+    /// that share (ppm) with the same write that installs their backends.
+    pub fn apply(
+        &mut self,
+        config: &Config,
+        forced: &HashMap<String, u32>,
+    ) -> Result<ApplyReport, DataplaneError> {
         let desired: Vec<_> = config
             .services
             .iter()
-            .map(DesiredService::from_config)
+            .map(|s| DesiredService::from_config(s, forced.get(&s.name).copied()))
             .collect();
         let report = apply::apply(&mut self.maps, &desired)?;
         self.applied = desired
@@ -156,6 +164,17 @@ impl Dataplane {
     /// Raw counters of every applied service, for the exporter.
     pub fn samples(&self) -> Result<Vec<ServiceSample>, DataplaneError> {
         read::samples(&self.maps, &self.applied)
+    }
+
+    /// Raw counters of the named services only (the rollout controller's tick).
+    pub fn samples_of(&self, names: &[String]) -> Result<Vec<ServiceSample>, DataplaneError> {
+        let wanted: Vec<(DesiredService, u32)> = self
+            .applied
+            .iter()
+            .filter(|(d, _)| names.contains(&d.name))
+            .cloned()
+            .collect();
+        read::samples(&self.maps, &wanted)
     }
 
     pub fn pin_dir(&self) -> &Path {

@@ -43,6 +43,9 @@ pub struct ServiceStatus {
     pub counters: BTreeMap<String, u64>,
     /// Share of steered connections that went to the canary, over the counters' lifetime.
     pub measured_canary_percent: Option<f64>,
+    /// The rollout controller's view, for services with a rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Box<crate::rollout::RolloutStatus>>,
 }
 
 pub fn status(
@@ -100,6 +103,7 @@ pub fn status(
                 counters,
                 measured_canary_percent: (stable + canary > 0)
                     .then(|| 100.0 * canary as f64 / (stable + canary) as f64),
+                rollout: None,
             })
         })
         .collect()

@@ -18,7 +18,10 @@ use sluice_common::{
 };
 
 use super::ShareWindows;
-use crate::dataplane::ServiceSample;
+use crate::{
+    dataplane::ServiceSample,
+    rollout::{Action, Phase, RolloutStatus, Verdict},
+};
 
 const VERSIONS: [&str; 2] = ["stable", "canary"];
 
@@ -110,7 +113,11 @@ impl Families {
 }
 
 /// The whole exposition.
-pub fn encode(samples: &[ServiceSample], windows: &ShareWindows) -> String {
+pub fn encode(
+    samples: &[ServiceSample],
+    windows: &ShareWindows,
+    rollouts: &[(String, RolloutStatus)],
+) -> String {
     let mut f = Families::default();
     let info = vec![pair("version", env!("CARGO_PKG_VERSION"))];
     f.gauge(
@@ -131,6 +138,9 @@ pub fn encode(samples: &[ServiceSample], windows: &ShareWindows) -> String {
                 http_series(&mut f, &s.versions[v], &labels);
             }
         }
+    }
+    for (service, r) in rollouts {
+        rollout_series(&mut f, service, r);
     }
     let mut out = String::default();
     if let Err(e) = TextEncoder::new().encode_utf8(&f.0, &mut out) {
@@ -342,4 +352,77 @@ fn http_series(f: &mut Families, m: &[u64], l: &VersionLabels<'_>) {
         l.pairs(&[]),
         &m[HIST_TTFB as usize..],
     );
+}
+
+/// The rollout controller: phase (one series per phase, 1 for the current one), step,
+/// failed analyses, decisions by action, and each check's last value and threshold.
+fn rollout_series(f: &mut Families, service: &str, r: &RolloutStatus) {
+    for phase in Phase::ALL {
+        f.gauge(
+            "sluice_rollout_phase",
+            "Rollout phase: 1 for the phase the rollout is in, 0 for the others.",
+            vec![pair("service", service), pair("phase", phase.name())],
+            if r.phase == phase { 1.0 } else { 0.0 },
+        );
+    }
+    let one = || vec![pair("service", service)];
+    f.gauge(
+        "sluice_rollout_step",
+        "Current rollout step, 1-based (0 before the first).",
+        one(),
+        r.step as f64,
+    );
+    f.gauge(
+        "sluice_rollout_steps",
+        "Steps of the rollout.",
+        one(),
+        r.steps_percent.len() as f64,
+    );
+    f.gauge(
+        "sluice_rollout_weight_ratio",
+        "Canary share the rollout has set (0 to 1).",
+        one(),
+        r.weight_percent / 100.0,
+    );
+    f.gauge(
+        "sluice_rollout_failed_analyses",
+        "Failed analyses in this rollout; failure_threshold of them roll it back.",
+        one(),
+        f64::from(r.failed_checks),
+    );
+    for action in Action::ALL {
+        f.counter(
+            "sluice_rollout_decisions_total",
+            "Rollout decisions by action (step_up, wait, check_failed, rollback, guard_rollback, ...).",
+            vec![pair("service", service), pair("action", action.name())],
+            r.decision_counts.get(action.name()).copied().unwrap_or(0),
+        );
+    }
+    for c in &r.last_checks {
+        let labels = || vec![pair("service", service), pair("check", &c.check)];
+        if let Some(v) = c.value {
+            f.gauge(
+                "sluice_rollout_check_value",
+                "Last analysis: the check's measured value (ratio, seconds or factor).",
+                labels(),
+                v,
+            );
+        }
+        f.gauge(
+            "sluice_rollout_check_threshold",
+            "Last analysis: the check's threshold, in the value's unit.",
+            labels(),
+            c.threshold,
+        );
+        f.gauge(
+            "sluice_rollout_check_passed",
+            "Last analysis: 1 pass, 0 fail, -1 inconclusive.",
+            labels(),
+            match c.verdict {
+                Verdict::Pass => 1.0,
+                Verdict::Fail => 0.0,
+                Verdict::Inconclusive => -1.0,
+            },
+        );
+    }
 }

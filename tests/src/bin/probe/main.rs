@@ -3,6 +3,9 @@
 //! reports which backend answered each and what `getpeername` said, or (`--hold`) keeps one
 //! connection open across a change the test makes and reports its backend before and after.
 //!
+//! `--load RATE --seconds S --threads N [--stop-file F]`: HTTP GETs at a fixed rate, one new connection
+//! each (so each request is steered anew), for a bounded time; see `load.rs`.
+//!
 //! Output: one JSON object per line on stdout.
 
 use std::{
@@ -11,6 +14,8 @@ use std::{
     net::{SocketAddr, TcpStream},
     time::Duration,
 };
+
+mod load;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -30,7 +35,16 @@ fn main() {
         .unwrap_or_else(|e| panic!("joining {cgroup}: {e}"));
     }
     let target: SocketAddr = arg("--connect").parse().expect("--connect ADDR:PORT");
-    if args.iter().any(|a| a == "--hold") {
+    if let Some(i) = args.iter().position(|a| a == "--load") {
+        let rate: f64 = args[i + 1].parse().expect("--load REQUESTS_PER_SECOND");
+        let seconds: f64 = arg("--seconds").parse().expect("--seconds S");
+        let threads: usize = arg("--threads").parse().expect("--threads N");
+        let stop_file = args
+            .iter()
+            .position(|a| a == "--stop-file")
+            .map(|i| std::path::PathBuf::from(&args[i + 1]));
+        load::run(target, rate, seconds, threads, stop_file);
+    } else if args.iter().any(|a| a == "--hold") {
         hold(target);
     } else if let Some(i) = args.iter().position(|a| a == "--syncnt") {
         let syncnt: i32 = args[i + 1].parse().expect("--syncnt N");

@@ -1,0 +1,374 @@
+//! The state machine against synthetic counters. The kernel-side scenarios (real servers,
+//! real load) are in tests/tests/rollout.rs; these pin down the decisions themselves.
+
+use sluice_common::metrics::{
+    FAILED_REFUSED, HIST_TTFB, HTTP_CODES, HTTP_REQUESTS, HTTP_RESPONSES, METRIC_SLOTS, bucket_of,
+};
+
+use super::*;
+use crate::config::parse_str;
+
+fn config(rollout: &str, state: &std::path::Path) -> Config {
+    let yaml = format!(
+        r#"
+state_path: {}
+services:
+  - name: web
+    virtual_addresses: ["10.99.0.1:80"]
+    l7: http1
+    stable: [{{address: "127.0.0.1:8001"}}]
+    canary: [{{address: "127.0.0.1:8002"}}]
+    rollout:
+{rollout}
+"#,
+        state.display()
+    );
+    parse_str(&yaml).expect("test config")
+}
+
+/// Cumulative counters of a version: `requests` answered 200 in `ttfb_ns`, of which
+/// `errors` answered 503, and `refused` failed connects.
+fn version(requests: u64, errors: u64, refused: u64, ttfb_ns: u64) -> Vec<u64> {
+    let mut v = vec![0u64; METRIC_SLOTS as usize];
+    let code = |c: u16| {
+        HTTP_RESPONSES as usize + HTTP_CODES.iter().position(|x| *x == c).expect("test value")
+    };
+    v[HTTP_REQUESTS as usize] = requests;
+    v[code(200)] = requests - errors;
+    v[code(503)] = errors;
+    v[FAILED_REFUSED as usize] = refused;
+    v[HIST_TTFB as usize + bucket_of(ttfb_ns) as usize] = requests;
+    v
+}
+
+fn sample(stable: Vec<u64>, canary: Vec<u64>) -> Vec<ServiceSample> {
+    vec![ServiceSample {
+        name: "web".into(),
+        canary_ppm: 0,
+        config_ppm: 0,
+        http1: true,
+        steer: [0; sluice_common::counters::STEER_COUNTERS as usize],
+        versions: [stable, canary],
+    }]
+}
+
+/// A scratch directory for a state file, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "sluice-rollout-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).expect("scratch dir");
+        Self(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Run {
+    c: Controller,
+    t: Instant,
+    /// Cumulative (stable requests, stable errors, canary requests, canary errors, refused).
+    n: [u64; 5],
+    canary_ttfb: u64,
+    weights: Vec<u32>,
+    reapplied: bool,
+}
+
+impl Run {
+    fn new(rollout: &str) -> (Self, Scratch) {
+        let dir = Scratch::new();
+        let cfg = config(rollout, &dir.0.join("state.json"));
+        let (c, _) = Controller::load(&cfg).expect("load");
+        (
+            Self {
+                c,
+                t: Instant::now(),
+                n: [0; 5],
+                canary_ttfb: 20_000,
+                weights: Vec::new(),
+                reapplied: false,
+            },
+            dir,
+        )
+    }
+
+    /// One 250 ms tick with `stable`/`canary` more requests, `canary_errors` of them 503.
+    fn tick(&mut self, stable: u64, canary: u64, canary_errors: u64, refused: u64) {
+        self.t += TICK;
+        self.n[0] += stable;
+        self.n[2] += canary;
+        self.n[3] += canary_errors;
+        self.n[4] += refused;
+        let s = sample(
+            version(self.n[0], self.n[1], 0, 20_000),
+            version(self.n[2], self.n[3], self.n[4], self.canary_ttfb),
+        );
+        let out = self.c.tick(self.t, &s);
+        self.weights.extend(out.weights.iter().map(|(_, w)| *w));
+        self.reapplied |= out.reapply;
+    }
+
+    fn phase(&self) -> Phase {
+        self.c.has_rollout("web").expect("rollout")
+    }
+
+    fn actions(&self) -> Vec<Action> {
+        self.c.rollouts["web"]
+            .state
+            .decisions
+            .iter()
+            .map(|d| d.action)
+            .collect()
+    }
+}
+
+const FAST: &str = "      steps: [10, 50]
+      interval: 1s
+      min_samples: 100
+      failure_threshold: 2";
+
+#[test]
+fn a_healthy_canary_is_promoted_through_every_step() {
+    let (mut r, _d) = Run::new(FAST);
+    assert_eq!(r.phase(), Phase::Initializing);
+    r.tick(0, 0, 0, 0);
+    assert_eq!(r.weights, vec![100_000]);
+    // 1 000 stable and 500 canary requests a second, no errors: each interval passes once
+    // enough samples make the error-rate interval tight (0 of 500 at 95 %: < 0.6 points).
+    for _ in 0..40 {
+        r.tick(250, 125, 0, 0);
+        if r.phase() == Phase::Succeeded {
+            break;
+        }
+    }
+    assert_eq!(r.phase(), Phase::Succeeded, "{:?}", r.actions());
+    assert_eq!(r.weights, vec![100_000, 500_000, PPM]);
+    assert!(r.reapplied);
+    let cfg = config(FAST, r.c.state_path());
+    let eff = r.c.effective(&cfg);
+    assert_eq!(eff.services[0].stable, cfg.services[0].canary);
+    assert!(eff.services[0].canary.is_empty());
+    assert_eq!(r.c.forced_weights()["web"], 0);
+}
+
+#[test]
+fn three_percent_errors_against_none_roll_back() {
+    let (mut r, _d) = Run::new(FAST);
+    r.tick(0, 0, 0, 0);
+    for i in 0..40u64 {
+        // 3 errors in every 100 canary requests.
+        r.tick(750, 100, 3, 0);
+        if r.phase() == Phase::RolledBack {
+            assert!(i >= 7, "two failed intervals take at least 2 s");
+            break;
+        }
+    }
+    assert_eq!(r.phase(), Phase::RolledBack, "{:?}", r.actions());
+    assert_eq!(*r.weights.last().expect("test value"), 0);
+    assert!(
+        !r.weights.contains(&500_000),
+        "never stepped up: {:?}",
+        r.weights
+    );
+    let last = r.c.rollouts["web"]
+        .state
+        .decisions
+        .back()
+        .expect("test value")
+        .clone();
+    assert_eq!(last.action, Action::Rollback);
+    let check = last
+        .checks
+        .iter()
+        .find(|c| c.check == "error_rate_increase")
+        .expect("test value");
+    assert_eq!(check.verdict, Verdict::Fail);
+    assert!((check.value.expect("test value") - 0.03).abs() < 1e-9);
+}
+
+#[test]
+fn a_slow_canary_fails_the_latency_ratio() {
+    let (mut r, _d) = Run::new(FAST);
+    r.canary_ttfb = 80_000_000;
+    r.tick(0, 0, 0, 0);
+    for _ in 0..20 {
+        r.tick(250, 125, 0, 0);
+    }
+    assert_eq!(r.phase(), Phase::RolledBack, "{:?}", r.actions());
+    let last = r.c.rollouts["web"]
+        .state
+        .decisions
+        .back()
+        .expect("test value")
+        .clone();
+    let check = last
+        .checks
+        .iter()
+        .find(|c| c.check == "p99_ratio")
+        .expect("test value");
+    assert_eq!(check.verdict, Verdict::Fail);
+}
+
+#[test]
+fn no_traffic_waits_and_never_passes() {
+    let (mut r, _d) = Run::new(FAST);
+    r.tick(0, 0, 0, 0);
+    for _ in 0..40 {
+        r.tick(0, 0, 0, 0);
+    }
+    assert_eq!(r.phase(), Phase::Waiting);
+    assert_eq!(r.weights, vec![100_000]);
+    // A run of waits is one decision in the ring.
+    assert_eq!(
+        r.actions(),
+        vec![Action::Start, Action::StepUp, Action::Wait]
+    );
+    assert!(r.c.rollouts["web"].state.decision_counts["wait"] >= 9);
+}
+
+#[test]
+fn the_deadline_rolls_back_when_configured() {
+    let (mut r, _d) = Run::new(
+        "      steps: [10, 50]
+      interval: 1s
+      deadline: 2s
+      on_deadline: rollback",
+    );
+    r.tick(0, 0, 0, 0);
+    // Pretend the step began long ago (the deadline runs on the wall clock, across restarts).
+    r.c.rollouts
+        .get_mut("web")
+        .expect("test value")
+        .state
+        .step_started_unix_ms -= 10_000;
+    for _ in 0..5 {
+        r.tick(1, 0, 0, 0);
+    }
+    assert_eq!(r.phase(), Phase::RolledBack);
+    assert_eq!(r.actions().last(), Some(&Action::Deadline));
+}
+
+#[test]
+fn the_guard_cuts_a_failing_canary_off_between_analyses() {
+    let (mut r, _d) = Run::new(
+        "      steps: [10, 50]
+      interval: 1h
+      guard: {last: 20, max_failures: 5}",
+    );
+    r.tick(0, 0, 0, 0);
+    r.tick(250, 25, 0, 0);
+    assert_eq!(r.phase(), Phase::Progressing);
+    // Six refused connects in one tick: more than 5 of the last 20 attempts.
+    r.tick(250, 0, 0, 6);
+    assert_eq!(r.phase(), Phase::RolledBack);
+    assert_eq!(r.actions().last(), Some(&Action::GuardRollback));
+    assert_eq!(r.weights.last(), Some(&0));
+}
+
+#[test]
+fn state_survives_a_restart_and_a_finished_rollout_is_not_rerun() {
+    let (mut r, _d) = Run::new(FAST);
+    r.tick(0, 0, 0, 0);
+    for _ in 0..40 {
+        r.tick(250, 125, 0, 0);
+        if r.weights.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(r.weights, vec![100_000, 500_000]);
+    r.c.save().expect("test value");
+    let cfg = config(FAST, r.c.state_path());
+    let (again, outcome) = Controller::load(&cfg).expect("test value");
+    assert!(
+        outcome.weights.is_empty(),
+        "a resumed rollout keeps its weight"
+    );
+    assert_eq!(again.forced_weights()["web"], 500_000);
+    assert_eq!(again.status("web").expect("test value").step, 2);
+
+    let mut done = again.clone();
+    done.abort("web").expect("test value");
+    done.save().expect("test value");
+    let (again, _) = Controller::load(&cfg).expect("test value");
+    assert_eq!(again.has_rollout("web"), Some(Phase::RolledBack));
+    assert!(again.active().is_empty());
+    assert_eq!(again.forced_weights()["web"], 0);
+}
+
+#[test]
+fn a_new_canary_set_restarts_from_the_first_step() {
+    let (mut r, _d) = Run::new(FAST);
+    r.tick(0, 0, 0, 0);
+    for _ in 0..40 {
+        r.tick(250, 125, 0, 0);
+        if r.weights.len() == 2 {
+            break;
+        }
+    }
+    let path = r.c.state_path().to_owned();
+    let mut cfg = config(FAST, &path);
+    cfg.services[0].canary[0].address = "127.0.0.1:8003".parse().expect("test value");
+    let outcome = r.c.reconcile(&cfg);
+    assert_eq!(outcome.weights, vec![("web".to_owned(), 0)]);
+    assert_eq!(r.phase(), Phase::Initializing);
+    // Other settings changing keep the rollout where it is.
+    let mut cfg2 = cfg.clone();
+    cfg2.services[0]
+        .rollout
+        .as_mut()
+        .expect("test value")
+        .min_samples = 5;
+    assert!(r.c.reconcile(&cfg2).weights.is_empty());
+}
+
+#[test]
+fn a_manual_gate_waits_for_the_operator() {
+    let (mut r, _d) = Run::new(
+        "      steps: [20]
+      interval: 1s
+      min_samples: 100
+      promotion: manual",
+    );
+    r.tick(0, 0, 0, 0);
+    for _ in 0..40 {
+        r.tick(250, 125, 0, 0);
+    }
+    assert_eq!(r.phase(), Phase::Paused);
+    assert!(matches!(r.c.resume("web"), Err(CommandError::AtGate(_))));
+    let out = r.c.promote("web").expect("test value");
+    assert_eq!(out.weights, vec![("web".to_owned(), PPM)]);
+    r.tick(250, 125, 0, 0);
+    assert_eq!(r.phase(), Phase::Succeeded);
+    assert!(matches!(
+        r.c.abort("web"),
+        Err(CommandError::Finished { .. })
+    ));
+}
+
+#[test]
+fn pause_holds_the_share_and_resume_continues() {
+    let (mut r, _d) = Run::new(FAST);
+    r.tick(0, 0, 0, 0);
+    r.c.pause("web").expect("test value");
+    for _ in 0..20 {
+        r.tick(250, 125, 0, 0);
+    }
+    assert_eq!(r.phase(), Phase::Paused);
+    assert_eq!(r.weights, vec![100_000]);
+    r.c.resume("web").expect("test value");
+    for _ in 0..40 {
+        r.tick(250, 125, 0, 0);
+    }
+    assert_eq!(r.phase(), Phase::Succeeded);
+}
