@@ -166,26 +166,7 @@ fn prometheus_scrapes_and_promql_sees_success_rate_and_p99() {
     assert_eq!(r.statuses.values().sum::<u64>(), 200, "{r:?}");
     std::thread::sleep(Duration::from_millis(200));
     let (_, exposition) = Scraped::fetch(agent.metrics_addr());
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    promtool
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(exposition.as_bytes())
-        .expect("write");
-    let out = promtool.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sluice_tests::promtool_check(&exposition);
 
     // The measured shares over the last minute: the agent samples every 5 s, so wait for a
     // sample taken after the traffic. The window holds all of it: the shares must equal the

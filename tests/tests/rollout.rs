@@ -191,6 +191,41 @@ fn a_canary_with_three_percent_errors_is_rolled_back_never_promoted() {
     assert!(to_zero <= 15_000, "{to_zero} ms to weight 0");
     // Weight 0: new connections no longer reach the canary.
     assert!(canary_after <= 2, "the canary still got {canary_after}");
+
+    // The decision is a log event with its evidence, and exported.
+    let log = s.agent.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("rollout decision") && l.contains("action=\"rollback\""))
+        .unwrap_or_else(|| panic!("no rollback event in the log:\n{log}"));
+    assert!(
+        line.contains("error_rate_increase") && line.contains("threshold"),
+        "{line}"
+    );
+    let (m, exposition) = Scraped::fetch(s.agent.metrics_addr());
+    let web = |extra: (&'static str, &'static str)| [("service", "web"), extra];
+    assert_eq!(
+        m.get(
+            "sluice_rollout_decisions_total",
+            &web(("action", "rollback"))
+        ),
+        1
+    );
+    assert_eq!(
+        m.get("sluice_rollout_phase", &web(("phase", "RolledBack"))),
+        1
+    );
+    let value = m.sum(
+        "sluice_rollout_check_value",
+        &web(("check", "error_rate_increase")),
+    );
+    let threshold = m.sum(
+        "sluice_rollout_check_threshold",
+        &web(("check", "error_rate_increase")),
+    );
+    assert!(value > 0.02 && value < 0.04, "{value}");
+    assert!((threshold - 0.01).abs() < 1e-9, "{threshold}");
+    sluice_tests::promtool_check(&exposition);
 }
 
 #[test]
@@ -445,4 +480,32 @@ fn operators_abort_pause_resume_and_promote_through_the_cli() {
         ok && out.contains("rollout: RolledBack") && out.contains("abort"),
         "{out}"
     );
+}
+
+#[test]
+fn a_manual_promotion_gate_waits_for_the_operator() {
+    if !root_or_skip("a_manual_promotion_gate_waits_for_the_operator") {
+        return;
+    }
+    let rollout = ROLLOUT.replace(
+        "steps: [20, 50, 80]",
+        "steps: [50]\n      promotion: manual",
+    );
+    let s = scenario("ro-gate", Behaviour::default(), &rollout);
+    let load = Load::start(&s.cg, s.vip, RATE, 30.0);
+    let r = s.agent.wait_phase("web", "Paused", Duration::from_secs(20));
+    assert!(actions(&r).contains(&"gate".to_owned()), "{r:#}");
+    std::thread::sleep(Duration::from_secs(2));
+    let r = s.agent.rollout("web");
+    assert_eq!(r["phase"], "Paused", "the gate holds");
+    assert_eq!(r["weight_percent"], 50.0);
+    let (ok, _, err) = s.agent.sluice(&["resume", "web"]);
+    assert!(!ok && err.contains("promotion gate"), "{err}");
+    let (ok, out, err) = s.agent.sluice(&["promote", "web"]);
+    assert!(ok, "{err}");
+    println!("gate: {}", out.trim());
+    s.agent
+        .wait_phase("web", "Succeeded", Duration::from_secs(3));
+    let seen = load.stop();
+    assert_eq!(seen.failed(), 0, "{seen:?}");
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask setup|test|demo`: everything a fresh machine needs, then the job.
 
 mod demo;
+mod local;
 mod measure;
 mod measure_http;
 mod responder;
@@ -29,9 +30,14 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set up, build, and show steering live: two local backends, a virtual address, a
-    /// client in a demo cgroup, the canary share stepped up while the split is shown.
-    Demo,
+    /// Set up, build, and show a canary rollout live: a stable and a canary HTTP backend on
+    /// loopback, a client in a demo cgroup, and the daemon walking the canary up step by
+    /// step on the evidence until it is promoted (about a minute and a half).
+    Demo {
+        /// The canary starts failing part of its requests half-way: watch it rolled back.
+        #[arg(long)]
+        faulty_canary: bool,
+    },
     /// Measure steering's cost: kernel run time per call of each hook
     /// (kernel.bpf_stats_enabled) and connections per second through a virtual address
     /// against a direct connect to the same backend, alternating in one run.
@@ -46,12 +52,13 @@ enum Command {
         #[arg(long)]
         http_only: bool,
     },
-    /// (internal) The demo's client: joins a cgroup and connects in a bounded loop.
+    /// (internal) The demo's client: joins a cgroup and sends requests in a bounded loop.
     #[command(hide = true)]
     DemoClient {
         cgroup: std::path::PathBuf,
         address: std::net::SocketAddr,
         seconds: u64,
+        stop_file: std::path::PathBuf,
     },
 }
 
@@ -62,9 +69,9 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             test::test(&args)
         }
-        Command::Demo => {
+        Command::Demo { faulty_canary } => {
             setup::setup()?;
-            demo::demo()
+            demo::demo(faulty_canary)
         }
         Command::Measure {
             connections,
@@ -78,6 +85,7 @@ fn main() -> anyhow::Result<()> {
             cgroup,
             address,
             seconds,
-        } => demo::client(&cgroup, address, seconds),
+            stop_file,
+        } => demo::client(&cgroup, address, seconds, &stop_file),
     }
 }

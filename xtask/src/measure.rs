@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    demo::{Backend, cgroup2_mount, wait_for_socket},
+    local::{Backend, cgroup2_mount, wait_for_daemon},
     measure_http,
     responder::Responder,
     util::{cargo, output, run, workspace_root},
@@ -67,7 +67,7 @@ impl MeasuredAgent {
             .stderr(std::process::Stdio::null())
             .spawn()?;
         self.child = Some(child);
-        wait_for_socket(Path::new(SOCKET), Duration::from_secs(10))?;
+        wait_for_daemon(&self.sluice, Path::new(SOCKET), Duration::from_secs(10))?;
         self.signals = Some(signals);
         Ok(())
     }

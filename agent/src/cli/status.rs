@@ -170,12 +170,15 @@ fn rollout_details(r: &RolloutStatus) -> String {
             );
         }
     }
-    let _ = writeln!(out, "  decisions (oldest first):");
+    let _ = writeln!(
+        out,
+        "  decisions (oldest first; time since the rollout began):"
+    );
     for d in &r.decisions {
+        let since = d.at_unix_ms.saturating_sub(r.started_unix_ms) as f64 / 1000.0;
         let _ = writeln!(
             out,
-            "    {}  {:<14} -> {:<11} step {} at {}%: {}",
-            d.at_unix_ms,
+            "    +{since:>7.1}s  {:<14} -> {:<11} step {} at {}%: {}",
             d.action.name(),
             d.phase.name(),
             d.step,

@@ -78,6 +78,9 @@ pub struct Guard {
 }
 
 const DEFAULT_CONFIDENCE: f64 = 0.95;
+/// `step` without `max` walks up to half the traffic, then promotes: stable keeps enough
+/// traffic to be compared with at every step.
+const DEFAULT_MAX_STEP: f64 = 50.0;
 const DEFAULT_FLOOR: Duration = Duration::from_millis(5);
 
 pub(super) fn rollout(
@@ -135,6 +138,14 @@ pub(super) fn rollout(
         }
     };
     let checks = checks(&format!("{key}.checks"), raw.checks, http1)?;
+    let compares = checks.max_error_increase.is_some() || checks.max_p99_ratio.is_some();
+    if compares && steps_ppm.last() == Some(&PPM) {
+        return Err(ConfigError::invalid(
+            format!("{key}.steps"),
+            "a last step of 100 leaves stable no traffic to be compared with; end below 100 \
+             (promotion sends everything to the canary after the last step)",
+        ));
+    }
     let guard = guard(&format!("{key}.guard"), raw.guard)?;
     Ok(RolloutConfig {
         steps_ppm,
@@ -163,7 +174,7 @@ fn steps(key: &str, raw: &RawRollout) -> Result<Vec<u32>, ConfigError> {
             .map(|(i, p)| (format!("{key}.steps[{i}]"), *p))
             .collect(),
         (None, Some(step), max) => {
-            let max = max.unwrap_or(100.0);
+            let max = max.unwrap_or(DEFAULT_MAX_STEP);
             for (k, v) in [("step", step), ("max", max)] {
                 if !v.is_finite() || v <= 0.0 || v > 100.0 {
                     return Err(ConfigError::invalid(

@@ -99,7 +99,7 @@ pub fn status(
                 generation: entry.generation,
                 stable: list(&d.stable),
                 canary: list(&d.canary),
-                segmented: entry.flags != 0,
+                segmented: entry.flags & sluice_common::maps::FLAG_SEGMENTED != 0,
                 counters,
                 measured_canary_percent: (stable + canary > 0)
                     .then(|| 100.0 * canary as f64 / (stable + canary) as f64),

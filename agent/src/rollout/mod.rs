@@ -37,7 +37,7 @@ use crate::{
 /// How often guards run (and counters are read for them).
 pub const TICK: Duration = Duration::from_millis(250);
 /// The live view (`sluice status`) shows rates over this long.
-const LIVE: Duration = Duration::from_secs(5);
+const LIVE: Duration = Duration::from_secs(3);
 
 /// Both versions' cumulative counters at one moment (stable, canary).
 type Reading = [Vec<u64>; 2];
