@@ -82,6 +82,14 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         .map(|(i, s)| service(&format!("services[{i}]"), s, &cgroup2))
         .collect::<Result<Vec<_>, _>>()?;
     check_across_services(&services)?;
+    if !raw.signals
+        && let Some(i) = services.iter().position(|s| s.rollout.is_some())
+    {
+        return Err(ConfigError::invalid(
+            format!("services[{i}].rollout"),
+            "judges the canary on the kernel's signals, and `signals: false` turns them off",
+        ));
+    }
     Ok(Config {
         cgroup,
         pin_path,
