@@ -134,14 +134,9 @@ impl Agent {
 
     /// One steering counter of one service, as the daemon reports it.
     pub fn counter(&self, service: &str, counter: &str) -> u64 {
-        let status = self.status();
-        let svc = status["services"]
-            .as_array()
-            .expect("services")
-            .iter()
-            .find(|s| s["name"] == service)
-            .unwrap_or_else(|| panic!("no service {service} in status"));
-        svc["counters"][counter].as_u64().expect("counter")
+        self.service(service)["counters"][counter]
+            .as_u64()
+            .expect("counter")
     }
 
     pub fn weight(&self, service: &str, percent: f64) {

@@ -151,6 +151,22 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The tail every control command shares: the daemon's own error (exit 64), an answer of
+/// the wrong kind (70), or no daemon at all (69).
+fn not_ok(answer: Result<crate::api::Response, crate::api::ClientError>) -> ExitCode {
+    match answer {
+        Ok(crate::api::Response::Error { message }) => {
+            eprintln!("sluice: {message}");
+            ExitCode::from(exit::USAGE)
+        }
+        Ok(other) => {
+            eprintln!("sluice: unexpected response {other:?}");
+            ExitCode::from(exit::SOFTWARE)
+        }
+        Err(e) => fail(exit::UNAVAILABLE, &e),
+    }
+}
+
 /// Prints an error with its causes to stderr and returns `code`.
 fn fail(code: u8, e: &dyn std::error::Error) -> ExitCode {
     eprintln!("sluice: {}", crate::error_chain(e));

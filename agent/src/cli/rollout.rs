@@ -2,7 +2,7 @@
 
 use std::{path::Path, process::ExitCode};
 
-use super::{exit, fail};
+use super::not_ok;
 use crate::api::{self, Request, Response, RolloutAction};
 
 pub fn control(socket: &Path, service: &str, action: RolloutAction) -> ExitCode {
@@ -22,14 +22,6 @@ pub fn control(socket: &Path, service: &str, action: RolloutAction) -> ExitCode 
             );
             ExitCode::SUCCESS
         }
-        Ok(Response::Error { message }) => {
-            eprintln!("sluice: {message}");
-            ExitCode::from(exit::USAGE)
-        }
-        Ok(other) => {
-            eprintln!("sluice: unexpected response {other:?}");
-            ExitCode::from(exit::SOFTWARE)
-        }
-        Err(e) => fail(exit::UNAVAILABLE, &e),
+        other => not_ok(other),
     }
 }

@@ -1,6 +1,6 @@
 use std::{path::Path, process::ExitCode};
 
-use super::{exit, fail};
+use super::{exit, fail, not_ok};
 use crate::api::{self, Request, Response};
 
 pub fn weight(socket: &Path, service: &str, percent: f64) -> ExitCode {
@@ -20,14 +20,6 @@ pub fn weight(socket: &Path, service: &str, percent: f64) -> ExitCode {
             println!("{service}: canary share {previous_percent}% -> {percent}%");
             ExitCode::SUCCESS
         }
-        Ok(Response::Error { message }) => {
-            eprintln!("sluice: {message}");
-            ExitCode::from(exit::USAGE)
-        }
-        Ok(other) => {
-            eprintln!("sluice: unexpected response {other:?}");
-            ExitCode::from(exit::SOFTWARE)
-        }
-        Err(e) => fail(exit::UNAVAILABLE, &e),
+        other => not_ok(other),
     }
 }
