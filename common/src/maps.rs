@@ -10,6 +10,19 @@ pub mod names {
     pub const SOCK_TAGS: &str = "SLUICE_SOCK_TAGS";
     pub const STEER_COUNTERS: &str = "SLUICE_STEER_COUNTERS";
     pub const METRICS: &str = "SLUICE_METRICS";
+    pub const VIP_PORTS: &str = "SLUICE_VIP_PORTS";
+}
+
+/// `SLUICE_VIP_PORTS`: one bit per port number that some virtual address uses, so that
+/// connect4/6 leave a connection to any other port after one inlined array read, before the
+/// hash lookup. Ports are indexed as the kernel holds them (network byte order): both sides
+/// compute the bit from the same raw 16 bits.
+pub const VIP_PORT_WORDS: u32 = 1024;
+
+/// (word index, bit mask) of a port in `SLUICE_VIP_PORTS`.
+#[inline(always)]
+pub fn vip_port_bit(port_raw: u16) -> (u32, u64) {
+    (u32::from(port_raw >> 6), 1u64 << (port_raw & 63))
 }
 
 /// Program names (the kernel crate's function names).

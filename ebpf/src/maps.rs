@@ -3,13 +3,13 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{HashMap, PerCpuArray, PerCpuHashMap, SkStorage},
+    btf_maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, SkStorage},
     macros::btf_map,
 };
 use sluice_common::{
     MAX_SEGMENT_MEMBERS, MAX_SERVICES, MAX_SLOTS, MAX_VIPS,
     counters::{STEER_COUNTERS, steer_index},
-    maps::{Backend, SegmentKey, Service, SlotKey, SockTag, VipKey},
+    maps::{Backend, SegmentKey, Service, SlotKey, SockTag, VIP_PORT_WORDS, VipKey, vip_port_bit},
     metrics::{Metrics, MetricsKey},
 };
 
@@ -28,6 +28,10 @@ static SLUICE_SLOTS: HashMap<SlotKey, Backend, { MAX_SLOTS as usize }, NO_PREALL
 #[btf_map]
 static SLUICE_SEGMENTS: HashMap<SegmentKey, u8, { MAX_SEGMENT_MEMBERS as usize }, NO_PREALLOC> =
     HashMap::new();
+
+/// Ports any virtual address uses (see `sluice_common::maps::VIP_PORT_WORDS`).
+#[btf_map]
+static SLUICE_VIP_PORTS: Array<u64, { VIP_PORT_WORDS as usize }> = Array::new();
 
 #[btf_map]
 pub static SLUICE_SOCK_TAGS: SkStorage<SockTag> = SkStorage::new();
@@ -51,6 +55,14 @@ pub fn service(key: &VipKey) -> Option<&Service> {
     // SAFETY: entries are replaced, never mutated in place, and NO_PREALLOC frees a replaced
     // entry only after an RCU grace period, so the reference stays valid for this run.
     unsafe { SLUICE_SERVICES.get(key) }
+}
+
+/// Whether some virtual address uses this port (raw, network order). An array lookup the
+/// verifier inlines: the cheap first check for the many connects that are not to a VIP.
+#[inline(always)]
+pub fn port_may_be_vip(port_raw: u16) -> bool {
+    let (word, bit) = vip_port_bit(port_raw);
+    SLUICE_VIP_PORTS.get(word).is_some_and(|w| w & bit != 0)
 }
 
 #[inline(always)]

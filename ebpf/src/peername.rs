@@ -7,14 +7,11 @@ use sluice_common::{counters::PEERNAME_REWRITTEN, maps::SockTag};
 use crate::maps::{self, SLUICE_SOCK_TAGS};
 
 #[inline(always)]
-fn tag_of(ctx: &SockAddrContext) -> Option<SockTag> {
+fn tag_of(ctx: &SockAddrContext) -> Option<&SockTag> {
     // SAFETY: ctx.sk is the socket asked about, valid for the program's run; no create flag.
     let tag = unsafe { SLUICE_SOCK_TAGS.get_ptr_mut(ctx) };
-    if tag.is_null() {
-        return None;
-    }
-    // SAFETY: non-null pointer into this socket's storage.
-    Some(unsafe { *tag })
+    // SAFETY: null, or this socket's storage, valid while the socket is.
+    unsafe { tag.as_ref() }
 }
 
 pub fn getpeername4(ctx: &SockAddrContext) {

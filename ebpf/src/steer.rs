@@ -33,7 +33,7 @@ const ECONNREFUSED: i32 = 111;
 pub fn connect4(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel passes a valid context for the program's whole run.
     let sa = unsafe { &mut *ctx.sock_addr };
-    if sa.protocol != IPPROTO_TCP as u32 {
+    if sa.protocol != IPPROTO_TCP as u32 || !maps::port_may_be_vip(sa.user_port as u16) {
         return PASS;
     }
     let key = vip_key(v4_mapped(sa.user_ip4), sa.user_port);
@@ -56,7 +56,7 @@ pub fn connect4(ctx: &SockAddrContext) -> i32 {
 pub fn connect6(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel passes a valid context for the program's whole run.
     let sa = unsafe { &mut *ctx.sock_addr };
-    if sa.protocol != IPPROTO_TCP as u32 {
+    if sa.protocol != IPPROTO_TCP as u32 || !maps::port_may_be_vip(sa.user_port as u16) {
         return PASS;
     }
     let key = vip_key(maps::read_ip6(&sa.user_ip6), sa.user_port);

@@ -7,13 +7,18 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use sluice_tests::{Agent, Backend, TestCgroup, bpftool, probe, root_or_skip, tag, unused_port};
 
 fn dump_maps(agent: &Agent) -> Vec<serde_json::Value> {
-    ["SLUICE_SERVICES", "SLUICE_SLOTS", "SLUICE_SEGMENTS"]
-        .iter()
-        .map(|m| {
-            let path = agent.maps_dir().join(m).display().to_string();
-            bpftool(&["map", "dump", "pinned", &path])
-        })
-        .collect()
+    [
+        "SLUICE_SERVICES",
+        "SLUICE_SLOTS",
+        "SLUICE_SEGMENTS",
+        "SLUICE_VIP_PORTS",
+    ]
+    .iter()
+    .map(|m| {
+        let path = agent.maps_dir().join(m).display().to_string();
+        bpftool(&["map", "dump", "pinned", &path])
+    })
+    .collect()
 }
 
 fn bad_configs() -> Vec<(PathBuf, String, Vec<String>)> {
@@ -236,4 +241,66 @@ fn a_configmap_style_symlink_swap_is_applied() {
     agent.wait_log("configuration applied", 1, Duration::from_secs(5));
     let r = probe(Some(&cg), vip, 100);
     assert_eq!(r.from("canary"), 100, "{r:?}");
+}
+
+/// Whether `port`'s bit is set in SLUICE_VIP_PORTS, read with bpftool. Ports are indexed as
+/// the kernel holds them: the two bytes in network order, read as a native u16.
+fn port_bit(agent: &Agent, port: u16) -> bool {
+    let raw = u16::from_ne_bytes(port.to_be_bytes());
+    let (word, bit) = (u32::from(raw >> 6), raw & 63);
+    let path = agent
+        .maps_dir()
+        .join("SLUICE_VIP_PORTS")
+        .display()
+        .to_string();
+    let key: Vec<String> = word.to_ne_bytes().iter().map(u8::to_string).collect();
+    let mut args = vec!["map", "lookup", "pinned", &path, "key"];
+    args.extend(key.iter().map(String::as_str));
+    let v = bpftool(&args);
+    let bytes: Vec<u8> = v["value"]
+        .as_array()
+        .expect("value bytes")
+        .iter()
+        .map(|b| {
+            let h = b.as_str().expect("hex byte");
+            u8::from_str_radix(h.trim_start_matches("0x"), 16).expect("hex")
+        })
+        .collect();
+    let w = u64::from_ne_bytes(bytes.try_into().expect("8 bytes"));
+    w >> bit & 1 == 1
+}
+
+#[test]
+fn the_port_bitmap_follows_the_virtual_addresses() {
+    if !root_or_skip("the_port_bitmap_follows_the_virtual_addresses") {
+        return;
+    }
+    let t = tag("ports");
+    let cg = TestCgroup::new(&t);
+    let stable = Backend::start("127.0.0.1", "stable");
+    let ip = "127.77.4.9";
+    let p1 = unused_port(ip);
+    // A second port in another bit of the bitmap.
+    let p2 = (1..)
+        .map(|_| unused_port(ip))
+        .find(|p| {
+            (u16::from_ne_bytes(p.to_be_bytes()) ^ u16::from_ne_bytes(p1.to_be_bytes())) & 63 != 0
+        })
+        .expect("a second port");
+    let service = |port: u16| {
+        format!(
+            "  - name: web\n    virtual_addresses: [\"{ip}:{port}\"]\n    stable: [{{address: \"{}\"}}]\n",
+            stable.addr
+        )
+    };
+    let agent = Agent::start(&t, &cg, &service(p1));
+    assert!(port_bit(&agent, p1), "the first port is marked");
+    assert!(!port_bit(&agent, p2));
+    agent.write_config(&cg, &service(p2));
+    agent.wait_log("configuration applied", 1, Duration::from_secs(5));
+    assert!(port_bit(&agent, p2), "the new port is marked");
+    assert!(!port_bit(&agent, p1), "the old port is cleared");
+    let to = format!("{ip}:{p2}").parse().expect("vip");
+    let r = probe(Some(&cg), to, 20);
+    assert_eq!(r.from("stable"), 20, "{r:?}");
 }

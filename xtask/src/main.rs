@@ -1,5 +1,6 @@
 //! `cargo xtask setup|test|demo`: everything a fresh machine needs, then the job.
 
+mod bench;
 mod demo;
 mod local;
 mod measure;
@@ -52,6 +53,15 @@ enum Command {
         #[arg(long)]
         http_only: bool,
     },
+    /// Benchmark sluice side by side with no steering, iptables, nftables, haproxy and
+    /// Envoy, in one run in a network namespace of its own; writes bench/report.md and
+    /// bench/report.json (about 10 minutes). Installs what it needs.
+    Bench {
+        /// A smoke run of a minute whose numbers mean nothing (`cargo xtask test` runs it):
+        /// writes target/bench-quick/ instead.
+        #[arg(long)]
+        quick: bool,
+    },
     /// (internal) The demo's client: joins a cgroup and sends requests in a bounded loop.
     #[command(hide = true)]
     DemoClient {
@@ -80,6 +90,10 @@ fn main() -> anyhow::Result<()> {
         } => {
             setup::setup()?;
             measure::measure(connections, rounds, http_only)
+        }
+        Command::Bench { quick } => {
+            setup::setup()?;
+            bench::bench(quick)
         }
         Command::DemoClient {
             cgroup,

@@ -49,6 +49,33 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
     let status = child.wait()?;
     let _ = out.join();
     let _ = err.join();
+    // The bench's smoke run, so `cargo xtask bench` cannot rot: one more test. Only for a
+    // whole run (a filter in `extra` asks for particular tests).
+    if extra.is_empty() {
+        let mut t = tally
+            .lock()
+            .map_err(|_| anyhow::anyhow!("tally poisoned"))?;
+        if !is_root() {
+            println!("SKIPPED bench_quick: needs root (run `cargo xtask test` as root)");
+            t.skipped += 1;
+            t.passed += 1;
+        } else {
+            let exe = std::env::current_exe().context("xtask's own path")?;
+            let ok = std::process::Command::new(exe)
+                .args(["bench", "--quick"])
+                .status()
+                .is_ok_and(|s| s.success());
+            println!(
+                "bench_quick (cargo xtask bench --quick): {}",
+                if ok { "ok" } else { "FAILED" }
+            );
+            if ok {
+                t.passed += 1;
+            } else {
+                t.failed += 1;
+            }
+        }
+    }
     let t = tally
         .lock()
         .map_err(|_| anyhow::anyhow!("tally poisoned"))?;

@@ -14,7 +14,10 @@ use aya::maps::{MapError, PerCpuValues};
 use sluice_common::{
     MAX_SERVICES,
     counters::{STEER_COUNTERS, steer_index},
-    maps::{Backend, SegmentKey, Service, SlotKey, VERSION_CANARY, VERSION_STABLE, VipKey},
+    maps::{
+        Backend, SegmentKey, Service, SlotKey, VERSION_CANARY, VERSION_STABLE, VIP_PORT_WORDS,
+        VipKey, vip_port_bit,
+    },
     metrics::{Metrics, MetricsKey},
 };
 
@@ -107,7 +110,23 @@ pub fn apply(maps: &mut Maps, desired: &[DesiredService]) -> Result<ApplyReport,
         &mut written_slots,
         &mut written_segments,
     );
+    // The port bitmap gains the new ports before any entry points at them (a stale bit
+    // only costs a hash lookup; a missing one would skip a virtual address).
+    let wanted_ports = port_words(desired);
+    let mut ports_before = Vec::new();
+    let mut ports_union = Vec::new();
+    let phase1 = phase1.and_then(|()| {
+        ports_before = read_port_words(maps)?;
+        ports_union = ports_before
+            .iter()
+            .zip(&wanted_ports)
+            .map(|(a, b)| a | b)
+            .collect();
+        write_port_words(maps, &ports_before, &ports_union)
+    });
     if let Err(e) = phase1 {
+        // Restores every word that may have been written (a no-op where none was).
+        let _ = write_port_words(maps, &ports_union, &ports_before);
         undo_tables(maps, &written_slots, &written_segments);
         return Err(DataplaneError::Apply(e));
     }
@@ -127,6 +146,7 @@ pub fn apply(maps: &mut Maps, desired: &[DesiredService]) -> Result<ApplyReport,
         Ok::<_, MapError>(())
     })();
     if let Err(e) = phase2 {
+        let _ = write_port_words(maps, &ports_union, &ports_before);
         for (vip, before) in flipped.iter().rev() {
             let undo = match before {
                 Some(s) => maps.services.insert(vip, s, 0),
@@ -141,6 +161,8 @@ pub fn apply(maps: &mut Maps, desired: &[DesiredService]) -> Result<ApplyReport,
     }
 
     // 3. Cleanup: best effort, logged; what stays behind is unreachable.
+    // Ports no virtual address uses any more leave the bitmap only now.
+    log_cleanup(write_port_words(maps, &ports_union, &wanted_ports));
     let wanted: HashSet<&VipKey> = desired.iter().flat_map(|d| &d.vips).collect();
     let mut report = ApplyReport {
         ids,
@@ -311,9 +333,11 @@ fn write_tables(
         if p.previous.is_none() {
             // A fresh id: counters left by an earlier owner of the id start again from zero.
             for version in [VERSION_STABLE, VERSION_CANARY] {
-                let zeros = PerCpuValues::try_from(vec![Metrics::default(); maps.ncpus])
-                    .map_err(MapError::IoError)?;
-                maps.metrics.insert(metrics_key(p.id, version), zeros, 0)?;
+                retrying_enomem(|| {
+                    let zeros = PerCpuValues::try_from(vec![Metrics::default(); maps.ncpus])
+                        .map_err(MapError::IoError)?;
+                    maps.metrics.insert(metrics_key(p.id, version), zeros, 0)
+                })?;
             }
             for c in 0..STEER_COUNTERS {
                 // Cannot fail: the length is the possible-CPU count the map was made with.
@@ -346,6 +370,52 @@ fn write_tables(
         }
     }
     Ok(())
+}
+
+/// The port bitmap of a desired state: a bit for each virtual address's port.
+fn port_words(desired: &[DesiredService]) -> Vec<u64> {
+    let mut words = vec![0u64; VIP_PORT_WORDS as usize];
+    for vip in desired.iter().flat_map(|d| &d.vips) {
+        let (word, bit) = vip_port_bit(vip.port);
+        words[word as usize] |= bit;
+    }
+    words
+}
+
+fn read_port_words(maps: &Maps) -> Result<Vec<u64>, MapError> {
+    (0..VIP_PORT_WORDS)
+        .map(|i| maps.vip_ports.get(&i, 0))
+        .collect()
+}
+
+/// Writes the words of `new` that differ from `old`.
+fn write_port_words(maps: &mut Maps, old: &[u64], new: &[u64]) -> Result<(), MapError> {
+    for (i, (a, b)) in old.iter().zip(new).enumerate() {
+        if a != b {
+            maps.vip_ports.set(i as u32, b, 0)?;
+        }
+    }
+    Ok(())
+}
+
+/// Retries an update that failed for want of memory. The kernel hands out the per-CPU
+/// values of a non-preallocated hash from a cache it refills in the background; thousands of
+/// new services in one apply drain it faster than that, and the update fails with ENOMEM
+/// until the refill has run. A short pause lets it.
+fn retrying_enomem(mut update: impl FnMut() -> Result<(), MapError>) -> Result<(), MapError> {
+    const ATTEMPTS: u32 = 200;
+    let mut attempt = 0;
+    loop {
+        match update() {
+            Err(MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOMEM) && attempt < ATTEMPTS =>
+            {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn undo_tables(maps: &mut Maps, slots: &[SlotKey], segments: &[SegmentKey]) {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use aya::{
     EbpfLoader,
-    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap},
 };
 use sluice_common::{
     maps::{Backend, SegmentKey, Service, SlotKey, SockTag, VipKey, names},
@@ -22,12 +22,13 @@ pub struct Maps {
     pub segments: HashMap<MapData, SegmentKey, u8>,
     pub steer_counters: PerCpuArray<MapData, u64>,
     pub metrics: PerCpuHashMap<MapData, MetricsKey, Metrics>,
+    pub vip_ports: Array<MapData, u64>,
     /// Possible CPUs: the length of every per-CPU value.
     pub ncpus: usize,
 }
 
 /// (name, key size, value size) of each pinned map: checked before adopting a pin.
-const LAYOUTS: [(&str, usize, usize); 6] = [
+const LAYOUTS: [(&str, usize, usize); 7] = [
     (names::SERVICES, size_of::<VipKey>(), size_of::<Service>()),
     (names::SLOTS, size_of::<SlotKey>(), size_of::<Backend>()),
     (names::SEGMENTS, size_of::<SegmentKey>(), size_of::<u8>()),
@@ -38,6 +39,7 @@ const LAYOUTS: [(&str, usize, usize); 6] = [
         size_of::<MetricsKey>(),
         size_of::<Metrics>(),
     ),
+    (names::VIP_PORTS, size_of::<u32>(), size_of::<u64>()),
 ];
 
 /// Makes sure `pin_root` is on bpffs (mounting /sys/fs/bpf if need be) and `pin_dir` exists,
@@ -98,6 +100,7 @@ pub fn load(object: &[u8], pin_dir: &Path) -> Result<(aya::Ebpf, Maps), Dataplan
         segments: typed(&mut ebpf, names::SEGMENTS)?,
         steer_counters: typed(&mut ebpf, names::STEER_COUNTERS)?,
         metrics: typed(&mut ebpf, names::METRICS)?,
+        vip_ports: typed(&mut ebpf, names::VIP_PORTS)?,
         ncpus: aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?,
     };
     Ok((ebpf, maps))

