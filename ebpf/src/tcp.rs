@@ -31,6 +31,11 @@ pub fn sock_ops(ctx: &SockOpsContext) {
     ) {
         return;
     }
+    // Only the move to CLOSE matters of the state changes (two or three more a connection):
+    // leave the others before any lookup.
+    if op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) != BPF_TCP_CLOSE {
+        return;
+    }
     // SAFETY: a valid context for the program's run.
     let ops = unsafe { &*ctx.ops };
     // SAFETY: reading the context's socket pointer (may be null: checked in tag_of).
@@ -38,22 +43,20 @@ pub fn sock_ops(ctx: &SockOpsContext) {
     let Some(tag) = tag_of(sk_ptr(sk)) else {
         return;
     };
+    if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        // Ask for the state, RTO and retransmit callbacks on this socket only.
+        let flags =
+            BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG;
+        // SAFETY: the context pointer the helper expects.
+        unsafe { bpf_sock_ops_cb_flags_set(ctx.ops, (ops.bpf_sock_ops_cb_flags | flags) as i32) };
+        return;
+    }
     let Some(m) = metrics_of(tag) else {
         return;
     };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     match op {
-        BPF_SOCK_OPS_TCP_CONNECT_CB => {
-            // Ask for the state, RTO and retransmit callbacks on this socket only.
-            let flags = BPF_SOCK_OPS_STATE_CB_FLAG
-                | BPF_SOCK_OPS_RTO_CB_FLAG
-                | BPF_SOCK_OPS_RETRANS_CB_FLAG;
-            // SAFETY: the context pointer the helper expects.
-            unsafe {
-                bpf_sock_ops_cb_flags_set(ctx.ops, (ops.bpf_sock_ops_cb_flags | flags) as i32)
-            };
-        }
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
             tag.established = 1;
             tag.established_ns = now;
@@ -73,10 +76,7 @@ pub fn sock_ops(ctx: &SockOpsContext) {
             }
         }
         _ => {
-            // BPF_SOCK_OPS_STATE_CB: args[0] old state, args[1] new state.
-            if ctx.arg(1) != BPF_TCP_CLOSE {
-                return;
-            }
+            // BPF_SOCK_OPS_STATE_CB to CLOSE (checked above); args[0] is the old state.
             if tag.established != 0 {
                 bump(m, CLOSED, 1);
                 observe(m, HIST_LIFETIME, now.saturating_sub(tag.established_ns));
