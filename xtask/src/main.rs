@@ -62,6 +62,10 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// (internal) Writes bench/report.md again from bench/report.json (after a change to the
+    /// report's layout).
+    #[command(hide = true)]
+    BenchRender,
     /// (internal) The demo's client: joins a cgroup and sends requests in a bounded loop.
     #[command(hide = true)]
     DemoClient {
@@ -95,6 +99,7 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             bench::bench(quick)
         }
+        Command::BenchRender => bench::render(),
         Command::DemoClient {
             cgroup,
             address,

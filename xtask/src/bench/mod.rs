@@ -370,6 +370,15 @@ fn measure_all(
     Ok(())
 }
 
+/// Writes bench/report.md again from bench/report.json.
+pub fn render() -> anyhow::Result<()> {
+    let dir = workspace_root().join("bench");
+    let text = std::fs::read_to_string(dir.join("report.json")).context("bench/report.json")?;
+    let results: Value = serde_json::from_str(&text)?;
+    std::fs::write(dir.join("report.md"), report::markdown(&results))?;
+    Ok(())
+}
+
 /// Per way: the rounds, their medians, and the median's ratio to direct.
 fn per_way(rounds: &BTreeMap<Way, Vec<Value>>) -> Value {
     let direct = rounds
