@@ -158,6 +158,21 @@ mod tests {
     }
 
     #[test]
+    fn tcp_errors_are_failed_connects_and_resets_received() {
+        let then = vec![0u64; METRIC_SLOTS as usize];
+        let mut now = then.clone();
+        now[ESTABLISHED as usize] = 95;
+        now[FAILED_REFUSED as usize] = 3;
+        now[FAILED_TIMEOUT as usize] = 2;
+        now[RESETS_RECEIVED as usize] = 4;
+        // HTTP slots are not read for a service without l7.
+        now[HTTP_REQUESTS as usize] = 1_000;
+        let e = Evidence::between(&then, &now, false);
+        assert_eq!((e.samples, e.errors), (100, 5 + 4));
+        assert_eq!((e.connects, e.connect_failures), (100, 5));
+    }
+
+    #[test]
     fn quantile_interpolates_inside_the_bucket() {
         let mut b: Buckets = [0; BUCKETS as usize];
         // 99 fast answers (<= 10 µs) and one in (50, 100] ms.

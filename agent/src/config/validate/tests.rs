@@ -18,7 +18,14 @@ fn expectation(text: &str) -> Vec<&str> {
 #[test]
 fn example_config_is_valid() {
     let c = parse(&config_dir().join("example.yaml")).expect("config/example.yaml must be valid");
-    assert_eq!(c.services.len(), 2);
+    assert_eq!(c.services.len(), 3);
+    let r = c.services[2]
+        .rollout
+        .as_ref()
+        .expect("payments has a rollout");
+    assert_eq!(r.steps_ppm, vec![10_000, 50_000, 100_000, 250_000, 500_000]);
+    assert_eq!(r.promotion, crate::config::Promotion::Manual);
+    assert_eq!(r.interval, std::time::Duration::from_secs(60));
     assert_eq!(c.services[0].canary_ppm, 50_000);
     assert_eq!(c.services[1].canary_ppm, 5_000);
     assert!(matches!(c.services[1].selection, Selection::Sticky { .. }));
