@@ -23,9 +23,9 @@ use crate::{
 /// symlink: re-reading the path (rather than watching one inode) sees through that.
 const WATCH_PERIOD: Duration = Duration::from_secs(1);
 
-/// How often counters are sampled for the one-minute share windows. Each sample reads every
-/// service's counters (a dozen map syscalls a service): every 5 s keeps that small on nodes
-/// with thousands of services, and a minute still holds 12 samples.
+/// How often counters are sampled for the one-minute share windows. Each sample reads two
+/// counters of every service (four for HTTP ones): every 5 s keeps that small on nodes with
+/// thousands of services, and a minute still holds 12 samples.
 const SHARE_SAMPLE_PERIOD: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -92,8 +92,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
                 loaded_text = std::fs::read(&config_path).unwrap_or_default();
                 reload(&mut dp, &mut config, &mut rollouts, &config_path, "SIGHUP");
             }
-            _ = share_sample.tick() => match dp.samples() {
-                Ok(samples) => windows.record(&samples, std::time::Instant::now()),
+            _ = share_sample.tick() => match dp.share_counts() {
+                Ok(counts) => windows.record(&counts, std::time::Instant::now()),
                 Err(e) => tracing::warn!(error = %crate::error_chain(&e), "reading counters failed"),
             },
             _ = rollout_tick.tick() => {

@@ -16,7 +16,7 @@ pub use apply::ApplyReport;
 pub use desired::{DesiredService, addr_words, slot_counts, vip_key, words_addr};
 pub use links::{detach_pins, links_dir};
 pub use maps::Maps;
-pub use read::{ServiceSample, ServiceStatus};
+pub use read::{ServiceSample, ServiceStatus, ShareCount};
 
 use crate::config::Config;
 
@@ -164,6 +164,11 @@ impl Dataplane {
     /// Raw counters of every applied service, for the exporter.
     pub fn samples(&self) -> Result<Vec<ServiceSample>, DataplaneError> {
         read::samples(&self.maps, &self.applied)
+    }
+
+    /// The counters the share windows need, for every applied service.
+    pub fn share_counts(&self) -> Result<Vec<ShareCount>, DataplaneError> {
+        read::share_counts(&self.maps, &self.applied)
     }
 
     /// Raw counters of the named services only (the rollout controller's tick).

@@ -156,3 +156,49 @@ pub fn samples(
         })
         .collect()
 }
+
+/// What the share windows need of one service: steered connections and, for `l7: http1`
+/// services, requests, per version (stable, canary). Two small reads a service, two more for
+/// HTTP ones: the sampler runs every few seconds over every service, and a full sample
+/// (eleven reads, two of them a KiB per CPU) is too much on large nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShareCount {
+    pub name: String,
+    pub connections: (u64, u64),
+    pub requests: Option<(u64, u64)>,
+}
+
+pub fn share_counts(
+    maps: &Maps,
+    applied: &[(DesiredService, u32)],
+) -> Result<Vec<ShareCount>, DataplaneError> {
+    use sluice_common::metrics::{HTTP_METHODS, HTTP_REQUESTS};
+    let counter = |id: u32, c: u32| -> Result<u64, DataplaneError> {
+        let values = maps
+            .steer_counters
+            .get(&steer_index(id, c), 0)
+            .map_err(DataplaneError::Apply)?;
+        Ok(values.iter().sum())
+    };
+    let requests = |id: u32, v: u8| -> u64 {
+        let start = HTTP_REQUESTS as usize;
+        maps.metrics.get(&metrics_key(id, v), 0).map_or(0, |per_cpu| {
+            per_cpu
+                .iter()
+                .map(|m| m.slots[start..start + HTTP_METHODS.len()].iter().sum::<u64>())
+                .sum()
+        })
+    };
+    applied
+        .iter()
+        .map(|(d, id)| {
+            let http1 = d.flags & sluice_common::maps::FLAG_HTTP1 != 0;
+            Ok(ShareCount {
+                name: d.name.clone(),
+                connections: (counter(*id, STEERED_STABLE)?, counter(*id, STEERED_CANARY)?),
+                requests: http1
+                    .then(|| (requests(*id, VERSION_STABLE), requests(*id, VERSION_CANARY))),
+            })
+        })
+        .collect()
+}

@@ -7,12 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sluice_common::{
-    counters::{STEERED_CANARY, STEERED_STABLE},
-    metrics::{HTTP_METHODS, HTTP_REQUESTS},
-};
-
-use crate::dataplane::ServiceSample;
+use crate::dataplane::ShareCount;
 
 pub const WINDOW: Duration = Duration::from_secs(60);
 
@@ -29,25 +24,17 @@ pub struct ShareWindows {
     points: HashMap<String, VecDeque<Point>>,
 }
 
-fn requests(slots: &[u64]) -> u64 {
-    let start = HTTP_REQUESTS as usize;
-    slots[start..start + HTTP_METHODS.len()].iter().sum()
-}
-
 impl ShareWindows {
     /// Records the current counters (the daemon calls this every few seconds).
-    pub fn record(&mut self, samples: &[ServiceSample], now: Instant) {
+    pub fn record(&mut self, counts: &[ShareCount], now: Instant) {
         self.points
-            .retain(|name, _| samples.iter().any(|s| &s.name == name));
-        for s in samples {
+            .retain(|name, _| counts.iter().any(|s| &s.name == name));
+        for s in counts {
             let points = self.points.entry(s.name.clone()).or_default();
             points.push_back(Point {
                 at: now,
-                connections: (
-                    s.steer[STEERED_STABLE as usize],
-                    s.steer[STEERED_CANARY as usize],
-                ),
-                requests: (requests(&s.versions[0]), requests(&s.versions[1])),
+                connections: s.connections,
+                requests: s.requests.unwrap_or_default(),
             });
             while points.len() > 2 && now.duration_since(points[1].at) >= WINDOW {
                 points.pop_front();
@@ -80,18 +67,11 @@ impl ShareWindows {
 mod tests {
     use super::*;
 
-    fn sample(stable: u64, canary: u64) -> ServiceSample {
-        let mut steer = [0; sluice_common::counters::STEER_COUNTERS as usize];
-        steer[STEERED_STABLE as usize] = stable;
-        steer[STEERED_CANARY as usize] = canary;
-        let slots = vec![0; sluice_common::metrics::METRIC_SLOTS as usize];
-        ServiceSample {
+    fn sample(stable: u64, canary: u64) -> ShareCount {
+        ShareCount {
             name: "web".into(),
-            canary_ppm: 0,
-            config_ppm: 0,
-            http1: false,
-            steer,
-            versions: [slots.clone(), slots],
+            connections: (stable, canary),
+            requests: None,
         }
     }
 
