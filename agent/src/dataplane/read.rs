@@ -182,12 +182,18 @@ pub fn share_counts(
     };
     let requests = |id: u32, v: u8| -> u64 {
         let start = HTTP_REQUESTS as usize;
-        maps.metrics.get(&metrics_key(id, v), 0).map_or(0, |per_cpu| {
-            per_cpu
-                .iter()
-                .map(|m| m.slots[start..start + HTTP_METHODS.len()].iter().sum::<u64>())
-                .sum()
-        })
+        maps.metrics
+            .get(&metrics_key(id, v), 0)
+            .map_or(0, |per_cpu| {
+                per_cpu
+                    .iter()
+                    .map(|m| {
+                        m.slots[start..start + HTTP_METHODS.len()]
+                            .iter()
+                            .sum::<u64>()
+                    })
+                    .sum()
+            })
     };
     applied
         .iter()

@@ -153,7 +153,12 @@ impl Controller {
             let fp = fingerprint(s);
             match prior.remove(&s.name) {
                 Some(mut r) if r.state.fingerprint == fp => {
-                    r.reconfigure(rc, s);
+                    let before = r.state.weight_ppm;
+                    r.reconfigure(&s.name, rc, s);
+                    if r.state.weight_ppm != before {
+                        outcome.weights.push((s.name.clone(), r.state.weight_ppm));
+                        outcome.changed = true;
+                    }
                     self.rollouts.insert(s.name.clone(), r);
                 }
                 existing => {
@@ -385,11 +390,25 @@ impl Rollout {
         }
     }
 
-    /// New settings for the same canary set: the state and the window carry on.
-    fn reconfigure(&mut self, config: &RolloutConfig, service: &ServiceConfig) {
+    /// New settings for the same canary set: the state and the window carry on. A rollout
+    /// that is stepping takes its step's new share (a paused one keeps the share it holds).
+    fn reconfigure(&mut self, name: &str, config: &RolloutConfig, service: &ServiceConfig) {
         self.config = config.clone();
         self.http1 = service.http1;
         self.state.step = self.state.step.min(config.steps_ppm.len() - 1);
+        let share = config.steps_ppm[self.state.step];
+        if matches!(self.state.phase, Phase::Progressing | Phase::Waiting)
+            && self.state.weight_ppm != share
+        {
+            tracing::info!(
+                service = name,
+                step = self.state.step + 1,
+                previous_percent = ppm_to_percent(self.state.weight_ppm),
+                percent = ppm_to_percent(share),
+                "the rollout's steps changed: the current step's new share applies"
+            );
+            self.state.weight_ppm = share;
+        }
     }
 
     fn tick(&mut self, name: &str, now: Instant, reading: &Reading, out: &mut Outcome) {

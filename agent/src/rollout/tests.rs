@@ -372,3 +372,25 @@ fn pause_holds_the_share_and_resume_continues() {
     }
     assert_eq!(r.phase(), Phase::Succeeded);
 }
+
+#[test]
+fn changed_steps_move_a_stepping_rollout_to_its_steps_new_share() {
+    let (mut r, _d) = Run::new(FAST);
+    r.tick(0, 0, 0, 0);
+    assert_eq!(r.c.forced_weights()["web"], 100_000);
+    let path = r.c.state_path().to_owned();
+    let cfg = config(
+        "      steps: [20, 50]
+      interval: 1s
+      min_samples: 100",
+        &path,
+    );
+    let outcome = r.c.reconcile(&cfg);
+    assert_eq!(outcome.weights, vec![("web".to_owned(), 200_000)]);
+    assert_eq!(r.c.forced_weights()["web"], 200_000);
+    assert_eq!(
+        r.phase(),
+        Phase::Progressing,
+        "same canary set, same rollout"
+    );
+}
