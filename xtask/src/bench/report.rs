@@ -99,7 +99,7 @@ pub fn markdown(r: &Value) -> String {
         "\nHow: everything runs in a network namespace the bench creates (`sluice-bench`, its own \
          loopback). Clients run on CPU 0; nginx and the greeting backends on CPU 1; haproxy and \
          Envoy may use both. Rounds alternate between the paths, and each figure is the median of \
-         the rounds. Connection rounds use `sluice-probe` (connect, read a greeting, \
+         the rounds (3 for connections, 5 for HTTP). Connection rounds use `sluice-probe` (connect, read a greeting, \
          `getpeername`, close with a reset, so no TIME_WAIT). HTTP rounds use wrk against nginx \
          (`return 200`), the commands are in report.json. The steered and proxied paths split \
          90/10 between two ports of the same server. iptables and nftables load conntrack into \
