@@ -197,6 +197,7 @@ fn fmt_value(v: f64, unit: &str) -> String {
     match unit {
         "seconds" => fmt_seconds(v),
         "ratio" => format!("{:.2}%", 100.0 * v),
+        "count" => format!("{v:.0}"),
         _ => format!("{v:.2}x"),
     }
 }

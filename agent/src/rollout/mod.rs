@@ -430,11 +430,27 @@ impl Rollout {
         if self.state.weight_ppm > 0
             && let Some(t) = self.guard.check(&self.config.guard)
         {
+            let g = self.config.guard;
             let reason = format!(
                 "guard: {} of the canary's last {} attempts failed (more than {} of {})",
-                t.failures, t.attempts, self.config.guard.max_failures, self.config.guard.last
+                t.failures, t.attempts, g.max_failures, g.last
             );
-            self.roll_back(name, Action::GuardRollback, reason, Vec::new());
+            // The evidence in the shape of a check: failures counted against the bound, over
+            // the last ticks that hold (about) `last` attempts.
+            let evidence = CheckResult {
+                check: "guard".into(),
+                verdict: Verdict::Fail,
+                value: Some(t.failures as f64),
+                threshold: g.max_failures as f64,
+                unit: "count".into(),
+                samples: [0, t.attempts],
+                detail: format!(
+                    "{} failures (failed connects, resets, 5xx, unanswered requests) in the \
+                     canary's last {} attempts",
+                    t.failures, t.attempts
+                ),
+            };
+            self.roll_back(name, Action::GuardRollback, reason, vec![evidence]);
             out.weights.push((name.to_owned(), 0));
             out.changed = true;
             return;

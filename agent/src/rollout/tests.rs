@@ -274,6 +274,17 @@ fn the_guard_cuts_a_failing_canary_off_between_analyses() {
     assert_eq!(r.phase(), Phase::RolledBack);
     assert_eq!(r.actions().last(), Some(&Action::GuardRollback));
     assert_eq!(r.weights.last(), Some(&0));
+    // The evidence: 6 failures in the last attempts, against a bound of 5 in 20.
+    let d = r.c.rollouts["web"]
+        .state
+        .decisions
+        .back()
+        .expect("a decision")
+        .clone();
+    let g = &d.checks[0];
+    assert_eq!((g.check.as_str(), g.verdict), ("guard", Verdict::Fail));
+    assert_eq!((g.value, g.threshold), (Some(6.0), 5.0));
+    assert!(g.samples[1] >= 6, "{g:?}");
 }
 
 #[test]
