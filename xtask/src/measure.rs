@@ -19,7 +19,7 @@ use crate::{
     local::{Backend, cgroup2_mount, wait_for_daemon},
     measure_http,
     responder::Responder,
-    util::{cargo, output, run, workspace_root},
+    util::{output, workspace_root},
 };
 
 const BACKEND: &str = "127.0.12.1:8080";
@@ -120,18 +120,9 @@ pub fn measure(connections: u64, rounds: u32, http_only: bool) -> anyhow::Result
     if !crate::util::is_root() {
         bail!("measuring attaches kernel programs: run it as root");
     }
-    run(cargo().args(["build", "--release", "--package", "sluice"]))?;
     // The tests' probe is the client: it joins the cgroup, then connect, read, getpeername
     // and close with a reset (no TIME_WAIT), N times.
-    run(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "sluice-tests",
-        "--bin",
-        "sluice-probe",
-    ]))?;
-    let sluice = workspace_root().join("target/release/sluice");
+    let (sluice, _probe) = crate::util::build_release_binaries()?;
     let cgroup = cgroup2_mount()?.join("sluice-measure");
     std::fs::create_dir_all(&cgroup)?;
     // Greeting servers for the connection rounds, HTTP responders for the request rounds.

@@ -31,6 +31,21 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// Builds the agent and the tests' probe (the measuring client) in release mode; their paths.
+pub fn build_release_binaries() -> anyhow::Result<(PathBuf, PathBuf)> {
+    run(cargo().args(["build", "--release", "--package", "sluice"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "sluice-tests",
+        "--bin",
+        "sluice-probe",
+    ]))?;
+    let dir = workspace_root().join("target/release");
+    Ok((dir.join("sluice"), dir.join("sluice-probe")))
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail and touches no memory.
     unsafe { libc::geteuid() == 0 }

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use crate::{
     local::Backend,
     measure::{add_cost, prog_stats},
-    util::{cargo, output, run, workspace_root},
+    util::{output, run, workspace_root},
 };
 use agents::{Agent, FLIP_VIP};
 use env::BenchEnv;
@@ -90,18 +90,8 @@ pub fn bench(quick: bool) -> anyhow::Result<()> {
         );
     }
     install()?;
-    run(cargo().args(["build", "--release", "--package", "sluice"]))?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "sluice-tests",
-        "--bin",
-        "sluice-probe",
-    ]))?;
+    let (sluice, probe) = crate::util::build_release_binaries()?;
     let root = workspace_root();
-    let sluice = root.join("target/release/sluice");
-    let probe = root.join("target/release/sluice-probe");
     let out_dir = if quick {
         root.join("target/bench-quick")
     } else {
