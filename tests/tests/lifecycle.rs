@@ -215,3 +215,75 @@ fn bytes_of_mut<T: Copy>(v: &mut T) -> &mut [u8] {
     // SAFETY: as for bytes_of; any byte pattern is a valid value of these types.
     unsafe { std::slice::from_raw_parts_mut((v as *mut T).cast(), size_of::<T>()) }
 }
+
+#[test]
+fn an_unreadable_rollout_state_stops_the_start_and_touches_nothing() {
+    if !root_or_skip("an_unreadable_rollout_state_stops_the_start_and_touches_nothing") {
+        return;
+    }
+    let t = tag("badstate");
+    let cg = TestCgroup::new(&t);
+    let (stable, canary) = (
+        Backend::start("127.0.0.1", "stable"),
+        Backend::start("127.0.0.1", "canary"),
+    );
+    let vip: std::net::SocketAddr = format!("127.77.8.1:{}", unused_port("127.77.8.1"))
+        .parse()
+        .expect("vip");
+    let mut agent = Agent::start(&t, &cg, &two_version_service(vip, &stable, &canary));
+    agent.kill9();
+    let pins_before = pins(&agent.pin_path);
+    let attached_before = Agent::attached(cg.path());
+    std::fs::write(&agent.state_path, b"{ not json").expect("write state");
+
+    let mut child = std::process::Command::new(sluice_tests::agent::sluice_bin())
+        .args(["run", "--config"])
+        .arg(&agent.config_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start sluice run");
+    let end = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("sluice run kept running with an unreadable state file");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    assert_eq!(status.code(), Some(70), "{err}");
+    assert!(
+        err.contains("rollouts.json is not readable") && err.contains("move it away"),
+        "{err}"
+    );
+    // The kernel is as the killed agent left it: the same pins and programs, and steering
+    // goes on.
+    assert_eq!(pins(&agent.pin_path), pins_before);
+    assert_eq!(Agent::attached(cg.path()), attached_before);
+    let r = probe(Some(&cg), vip, 100);
+    assert_eq!(r.total(), 100, "{r:?}");
+    assert!(r.from("canary") > 0 && r.from("stable") > 0, "{r:?}");
+}
+
+/// Every path under a pin directory, sorted.
+fn pins(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
