@@ -26,7 +26,9 @@ pub mod exit {
 }
 
 /// sluice steers a share of new TCP connections to a service's virtual address to its canary
-/// backends, in the kernel, at connect() time, for every process in a cgroup v2 subtree.
+/// backends, in the kernel, at connect() time, for every process in a cgroup v2 subtree. It
+/// measures both versions in the kernel and, for services with a `rollout:`, walks the canary
+/// up step by step while the evidence holds, and takes it back when it doesn't.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version)]
 pub struct Cli {
@@ -80,7 +82,8 @@ enum Command {
     },
     /// Set a service's canary share now (percent, 0 to 100, up to 4 decimals). New
     /// connections see it at once; open ones keep their backend. Kept until the
-    /// configuration's own share for the service changes.
+    /// configuration's own share for the service changes. Refused for a service under a
+    /// rollout (use promote, abort, pause, resume).
     Weight {
         /// Service name, as in the configuration.
         service: String,
