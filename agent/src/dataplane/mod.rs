@@ -163,7 +163,7 @@ impl Dataplane {
 
     /// Raw counters of every applied service, for the exporter.
     pub fn samples(&self) -> Result<Vec<ServiceSample>, DataplaneError> {
-        read::samples(&self.maps, &self.applied)
+        read::samples(&self.maps, self.applied.iter())
     }
 
     /// The counters the share windows need, for every applied service.
@@ -173,13 +173,8 @@ impl Dataplane {
 
     /// Raw counters of the named services only (the rollout controller's tick).
     pub fn samples_of(&self, names: &[String]) -> Result<Vec<ServiceSample>, DataplaneError> {
-        let wanted: Vec<(DesiredService, u32)> = self
-            .applied
-            .iter()
-            .filter(|(d, _)| names.contains(&d.name))
-            .cloned()
-            .collect();
-        read::samples(&self.maps, &wanted)
+        let wanted = self.applied.iter().filter(|(d, _)| names.contains(&d.name));
+        read::samples(&self.maps, wanted)
     }
 
     pub fn pin_dir(&self) -> &Path {

@@ -121,12 +121,11 @@ pub struct ServiceSample {
     pub versions: [Vec<u64>; 2],
 }
 
-pub fn samples(
+pub fn samples<'a>(
     maps: &Maps,
-    applied: &[(DesiredService, u32)],
+    applied: impl Iterator<Item = &'a (DesiredService, u32)>,
 ) -> Result<Vec<ServiceSample>, DataplaneError> {
     applied
-        .iter()
         .map(|(d, id)| {
             let entry = maps
                 .services

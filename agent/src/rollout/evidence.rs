@@ -32,7 +32,7 @@ fn sum(slots: &[u64], from: u32, len: usize) -> u64 {
 }
 
 /// The cumulative numbers of one reading (summed over CPUs).
-fn totals(slots: &[u64], http1: bool) -> Evidence {
+pub fn totals(slots: &[u64], http1: bool) -> Evidence {
     let connect_failures = slots[FAILED_REFUSED as usize]
         + slots[FAILED_TIMEOUT as usize]
         + slots[FAILED_OTHER as usize];

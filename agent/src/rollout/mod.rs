@@ -412,7 +412,7 @@ impl Rollout {
     }
 
     fn tick(&mut self, name: &str, now: Instant, reading: &Reading, out: &mut Outcome) {
-        let totals = Evidence::between(&zeros(), &reading[1], self.http1);
+        let totals = evidence::totals(&reading[1], self.http1);
         self.guard.record(now, totals.samples, totals.errors);
         self.recent.push_back((now, reading.clone()));
         while self
@@ -685,10 +685,6 @@ impl Rollout {
         self.state.phase = phase;
         self.state.reason = reason;
     }
-}
-
-fn zeros() -> Vec<u64> {
-    vec![0; sluice_common::metrics::METRIC_SLOTS as usize]
 }
 
 #[cfg(test)]
