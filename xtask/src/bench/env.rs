@@ -57,6 +57,14 @@ impl BenchEnv {
             "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_time_wait",
             "5",
         );
+        // Timestamps without the per-address-pair random offset. On this one loopback every
+        // path ends at the same server ports, but a DNAT path's client takes its offset from
+        // the virtual address and every other path's from the backend's: a new SYN then
+        // lands on a server TIME_WAIT of the same 4-tuple with a smaller timestamp, PAWS
+        // drops it, and the client stalls a full second. Which path paid depended on which
+        // ran before it. Only the offset changes: timestamps, PAWS and TIME_WAIT stay on.
+        std::fs::write("/proc/sys/net/ipv4/tcp_timestamps", "2")
+            .context("net.ipv4.tcp_timestamps in the bench namespace")?;
         let dir = std::env::temp_dir().join("sluice-bench");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;

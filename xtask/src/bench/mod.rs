@@ -480,8 +480,14 @@ fn machine() -> Value {
     })
 }
 
+/// At most this share of a baseline's requests may fail in a smoke run. A proxy or a DNAT
+/// rule that drops one request in thousands on a busy loopback is the baseline's behaviour
+/// (the report shows it, by kind); the smoke run checks the bench still measures it.
+const BASELINE_ERROR_BOUND: f64 = 0.01;
+
 /// What a smoke run must show, whatever the numbers: every path carried every kind of
-/// traffic without an error, the split and the share change were measured.
+/// traffic, sluice's paths and the direct one without a single error, the baselines within
+/// [`BASELINE_ERROR_BOUND`]; the split and the share change were measured.
 fn smoke_check(r: &Value, plan: &Plan) -> anyhow::Result<()> {
     for (what, table) in [
         ("connections", &r["connections"]["closed_loop"]),
@@ -495,10 +501,24 @@ fn smoke_check(r: &Value, plan: &Plan) -> anyhow::Result<()> {
             let m = &table[w.key()]["median"];
             let rate = m["per_second"].as_f64().unwrap_or(0.0);
             let errors = m["errors"].as_u64().unwrap_or(u64::MAX);
-            if rate.is_nan() || rate <= 0.0 || errors > 0 {
+            let requests = m["requests"].as_u64().unwrap_or(0);
+            let allowed = match w {
+                Way::Direct | Way::SluiceSteering | Way::SluiceSignals => 0,
+                _ => (requests as f64 * BASELINE_ERROR_BOUND) as u64,
+            };
+            if rate.is_nan() || rate <= 0.0 || requests == 0 || errors > allowed {
                 anyhow::bail!(
-                    "smoke: {what} through {}: {rate} a second, {errors} errors",
-                    w.label()
+                    "smoke: {what} through {}: {rate} a second, {errors} errors of {requests} \
+                     (at most {allowed} allowed); by kind, round by round: {}",
+                    w.label(),
+                    table[w.key()]["rounds"]
+                        .as_array()
+                        .map(|rs| rs
+                            .iter()
+                            .map(|x| x["error_kinds"].to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "))
+                        .unwrap_or_default()
                 );
             }
         }

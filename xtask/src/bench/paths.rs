@@ -231,9 +231,12 @@ pub fn envoy_binary() -> anyhow::Result<std::path::PathBuf> {
 }
 
 pub fn start_envoy(env: &mut BenchEnv) -> anyhow::Result<()> {
+    // connect_timeout 5 s, as haproxy's `timeout connect`: at 1 s an upstream SYN that needs
+    // its one retransmission (the initial RTO is 1 s) raced the timeout, and the client got
+    // a reset that was Envoy's configuration, not its cost.
     let cluster = |name: &str, addr: &str| {
         format!(
-            "  - name: {name}\n    connect_timeout: 1s\n    type: STATIC\n    load_assignment:\n      cluster_name: {name}\n      \
+            "  - name: {name}\n    connect_timeout: 5s\n    type: STATIC\n    load_assignment:\n      cluster_name: {name}\n      \
              endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}}}]}}]\n",
             ip(addr),
             port(addr)

@@ -31,6 +31,21 @@ fn hook(r: &Value, rounds: &str, way: &str, prog: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// `0`, or the total with its kinds: `3 (read 1, timeout 2)`.
+fn errors(m: &Value) -> String {
+    let kinds: Vec<String> = m["error_kinds"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    if kinds.is_empty() {
+        n(&m["errors"])
+    } else {
+        format!("{} ({})", n(&m["errors"]), kinds.join(", "))
+    }
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "**missed**" }
 }
@@ -56,7 +71,7 @@ fn ways_table(out: &mut String, r: &Value, unit: &str) {
             f(&x["ratio_to_direct"], 3),
             f(&m["p50_us"], 1),
             f(&m["p99_us"], 1),
-            n(&m["errors"]),
+            errors(m),
             n(&m["syn_retransmits"]),
             n(&m["paws_drops"]),
         );

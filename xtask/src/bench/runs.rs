@@ -62,7 +62,9 @@ pub fn connections(
     Ok(json!({
         "per_second": ok as f64 / seconds,
         "ok": ok,
+        "requests": count,
         "errors": count - ok,
+        "error_kinds": v["errors"],
         "replies": v["replies"],
         "p50_us": v["p50_ns"].as_f64().unwrap_or(0.0) / 1e3,
         "p99_us": v["p99_ns"].as_f64().unwrap_or(0.0) / 1e3,
@@ -98,21 +100,46 @@ pub fn wrk(
             .map(|v| parse_wrk_duration(v.trim()))
             .unwrap_or(f64::NAN)
     };
-    let errors: u64 = text
+    let requests: u64 = text
         .lines()
-        .filter(|l| l.contains("Socket errors") || l.contains("Non-2xx"))
-        .flat_map(|l| l.split(|c: char| !c.is_ascii_digit()))
-        .filter_map(|n| n.parse::<u64>().ok())
-        .sum();
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .with_context(|| format!("no request count in wrk's output:\n{text}"))?;
+    let error_kinds = wrk_errors(&text);
     Ok(json!({
         "per_second": rate,
         "p50_us": latency("50%"),
         "p99_us": latency("99%"),
-        "errors": errors,
+        "requests": requests,
+        "errors": error_kinds.values().sum::<u64>(),
+        "error_kinds": error_kinds,
         "syn_retransmits": syn1 - syn0,
         "paws_drops": paws1 - paws0,
         "command": command,
     }))
+}
+
+/// wrk's error lines, by kind: `Socket errors: connect 0, read 1, write 0, timeout 0` and
+/// `Non-2xx or 3xx responses: 5`. Only the kinds that occurred.
+fn wrk_errors(text: &str) -> BTreeMap<String, u64> {
+    let mut kinds = BTreeMap::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("Socket errors:") {
+            for part in rest.split(',') {
+                if let Some((kind, n)) = part.trim().split_once(' ')
+                    && let Ok(n) = n.trim().parse::<u64>()
+                    && n > 0
+                {
+                    kinds.insert(kind.to_owned(), n);
+                }
+            }
+        } else if let Some(n) = line.strip_prefix("Non-2xx or 3xx responses:")
+            && let Ok(n) = n.trim().parse::<u64>()
+        {
+            kinds.insert("non_2xx_3xx".to_owned(), n);
+        }
+    }
+    kinds
 }
 
 /// `12.34us`, `1.20ms`, `2.00s` -> microseconds.
@@ -265,9 +292,39 @@ pub fn summarise(rounds: &[Value]) -> Value {
         let v: Vec<f64> = rounds.iter().filter_map(|r| r[field].as_f64()).collect();
         out.insert(field, json!(median(&v)));
     }
-    for field in ["errors", "syn_retransmits", "paws_drops"] {
+    for field in ["requests", "errors", "syn_retransmits", "paws_drops"] {
         let total: u64 = rounds.iter().filter_map(|r| r[field].as_u64()).sum();
         out.insert(field, json!(total));
     }
+    // Errors by kind over all rounds: which kind tells a proxy's timeout from a refusal.
+    let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
+    for r in rounds {
+        for (k, n) in r["error_kinds"].as_object().into_iter().flatten() {
+            *kinds.entry(k.clone()).or_default() += n.as_u64().unwrap_or(0);
+        }
+    }
+    out.insert("error_kinds", json!(kinds));
     json!({ "median": out, "rounds": rounds })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_errors_are_counted_by_kind() {
+        let text = "  61234 requests in 5.00s, 9.1MB read\n  \
+                    Socket errors: connect 0, read 1, write 0, timeout 2\n  \
+                    Non-2xx or 3xx responses: 5\nRequests/sec:  12246.80\n";
+        let kinds = wrk_errors(text);
+        assert_eq!(
+            kinds.into_iter().collect::<Vec<_>>(),
+            [
+                ("non_2xx_3xx".to_owned(), 5),
+                ("read".to_owned(), 1),
+                ("timeout".to_owned(), 2)
+            ]
+        );
+        assert!(wrk_errors("  100 requests in 1.00s, 1MB read\n").is_empty());
+    }
 }
