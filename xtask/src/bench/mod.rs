@@ -82,6 +82,11 @@ impl Plan {
 
 const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 const WRK_CONNECTIONS: u32 = 8;
+/// Client threads for the connection rounds that measure capacity. One client connecting
+/// one at a time waits on the server's CPU for most of each connection, so its rate is a
+/// latency; four keep the client's CPU busy, so their rate is what that CPU can do, and a
+/// path's extra CPU work shows in full.
+pub const PARALLEL: u32 = 4;
 
 pub fn bench(quick: bool) -> anyhow::Result<()> {
     if !crate::util::is_root() {
@@ -191,21 +196,32 @@ fn measure_all(
     eprintln!("bench: new connections, closed loop and at fixed rates");
     // 2. New connections, closed loop then at fixed rates.
     let mut closed: BTreeMap<Way, Vec<Value>> = BTreeMap::new();
+    let mut closed_parallel: BTreeMap<Way, Vec<Value>> = BTreeMap::new();
     for _ in 0..plan.rounds {
         for w in ALL {
-            env.check_interrupt()?;
-            let before = prog_stats()?;
-            let r = runs::connections(probe, &cgroup(w), w.conn_target(), plan.connections, None)?;
-            add_cost(
-                &mut cost,
-                &("connections".into(), w.key().into()),
-                &before,
-                &prog_stats()?,
-            );
-            closed.entry(w).or_default().push(r);
+            for (parallel, into) in [(1, &mut closed), (PARALLEL, &mut closed_parallel)] {
+                env.check_interrupt()?;
+                let before = prog_stats()?;
+                let r = runs::connections(
+                    probe,
+                    &cgroup(w),
+                    w.conn_target(),
+                    plan.connections,
+                    None,
+                    parallel,
+                )?;
+                add_cost(
+                    &mut cost,
+                    &("connections".into(), w.key().into()),
+                    &before,
+                    &prog_stats()?,
+                );
+                into.entry(w).or_default().push(r);
+            }
         }
     }
     results["connections"]["closed_loop"] = per_way(&closed);
+    results["connections"]["closed_loop_parallel"] = per_way(&closed_parallel);
     for rate in &plan.fixed_rates {
         let mut fixed: BTreeMap<Way, Vec<Value>> = BTreeMap::new();
         for w in ALL {
@@ -217,6 +233,7 @@ fn measure_all(
                 w.conn_target(),
                 n,
                 Some(*rate),
+                PARALLEL,
             )?);
         }
         results["connections"]["fixed_rate"][format!("{rate}")] = per_way(&fixed);
@@ -267,7 +284,7 @@ fn measure_all(
     ] {
         env.check_interrupt()?;
         let before = prog_stats()?;
-        let r = runs::connections(probe, cg, GREET_STABLE, plan.connections, None)?;
+        let r = runs::connections(probe, cg, GREET_STABLE, plan.connections, None, 1)?;
         add_cost(
             &mut cost,
             &("untagged".into(), w.key().into()),
@@ -275,6 +292,14 @@ fn measure_all(
             &prog_stats()?,
         );
         results["connections"]["untagged"][w.key()] = r;
+        let before = prog_stats()?;
+        runs::udp_connects(probe, cg, GREET_STABLE, plan.connections)?;
+        add_cost(
+            &mut cost,
+            &("floor".into(), w.key().into()),
+            &before,
+            &prog_stats()?,
+        );
     }
 
     eprintln!("bench: split accuracy");
@@ -320,19 +345,24 @@ fn measure_all(
         steer.scale_to(sluice, env, *n)?;
         paths::load_iptables(env, n - 1)?;
         let mut rounds: BTreeMap<Way, Vec<Value>> = BTreeMap::new();
+        let mut rounds_parallel: BTreeMap<Way, Vec<Value>> = BTreeMap::new();
         for _ in 0..plan.rounds {
             for w in [Way::Direct, Way::SluiceSteering, Way::Iptables] {
-                env.check_interrupt()?;
-                rounds.entry(w).or_default().push(runs::connections(
-                    probe,
-                    &cgroup(w),
-                    w.conn_target(),
-                    plan.connections,
-                    None,
-                )?);
+                for (parallel, into) in [(1, &mut rounds), (PARALLEL, &mut rounds_parallel)] {
+                    env.check_interrupt()?;
+                    into.entry(w).or_default().push(runs::connections(
+                        probe,
+                        &cgroup(w),
+                        w.conn_target(),
+                        plan.connections,
+                        None,
+                        parallel,
+                    )?);
+                }
             }
         }
         results["scale"][format!("{n}")] = per_way(&rounds);
+        results["scale_parallel"][format!("{n}")] = per_way(&rounds_parallel);
         if *n == 1000 || (plan.scale.last() == Some(n) && *n < 1000) {
             let ((), u) = runs::usage_during(steer.pid, || {
                 std::thread::sleep(std::time::Duration::from_secs(plan.idle_seconds));
@@ -491,6 +521,10 @@ const BASELINE_ERROR_BOUND: f64 = 0.01;
 fn smoke_check(r: &Value, plan: &Plan) -> anyhow::Result<()> {
     for (what, table) in [
         ("connections", &r["connections"]["closed_loop"]),
+        (
+            "connections, 4 at a time",
+            &r["connections"]["closed_loop_parallel"],
+        ),
         ("HTTP keep-alive", &r["http"]["keep_alive"]),
         (
             "HTTP connection per request",

@@ -31,13 +31,15 @@ pub fn tcp_counters() -> anyhow::Result<(u64, u64)> {
 }
 
 /// `count` connections (connect, read the greeting, getpeername, reset) from `cgroup`, in a
-/// closed loop or paced at `rate` a second.
+/// closed loop or paced at `rate` a second, by `parallel` client threads that each connect
+/// one at a time.
 pub fn connections(
     probe: &Path,
     cgroup: &Path,
     target: &str,
     count: u64,
     rate: Option<f64>,
+    parallel: u32,
 ) -> anyhow::Result<Value> {
     let (syn0, paws0) = tcp_counters()?;
     let mut cmd = Command::new("taskset");
@@ -45,7 +47,8 @@ pub fn connections(
         .arg(probe)
         .arg("--cgroup")
         .arg(cgroup)
-        .args(["--connect", target, "--count", &count.to_string()]);
+        .args(["--connect", target, "--count", &count.to_string()])
+        .args(["--parallel", &parallel.to_string()]);
     if let Some(r) = rate {
         cmd.args(["--rate", &r.to_string()]);
     }
@@ -157,6 +160,29 @@ fn parse_wrk_duration(v: &str) -> f64 {
     }
 }
 
+/// `count` UDP sockets connected to `target` from `cgroup`: no packet is sent, and sluice's
+/// connect hook leaves at its first check (the protocol). Its run time per call is then the
+/// floor: what the kernel's accounting and the program's entry cost on this machine.
+pub fn udp_connects(probe: &Path, cgroup: &Path, target: &str, count: u64) -> anyhow::Result<()> {
+    let out = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(probe)
+        .arg("--cgroup")
+        .arg(cgroup)
+        .args(["--connect", target, "--udp-connects", &count.to_string()])
+        .output()
+        .context("the probe")?;
+    let v: Value = serde_json::from_slice(&out.stdout).context("probe output")?;
+    if !out.status.success() || v["errors"].as_u64() != Some(0) {
+        bail!(
+            "UDP connects: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// The canary's observed share of `count` connections, and its z-score against `expected`.
 pub fn split(
     probe: &Path,
@@ -165,7 +191,7 @@ pub fn split(
     count: u64,
     expected: f64,
 ) -> anyhow::Result<Value> {
-    let r = connections(probe, cgroup, target, count, None)?;
+    let r = connections(probe, cgroup, target, count, None, super::PARALLEL)?;
     let canary = r["replies"]["canary"].as_u64().unwrap_or(0);
     let n = r["ok"].as_u64().unwrap_or(0);
     let share = canary as f64 / n as f64;

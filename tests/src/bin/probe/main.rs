@@ -6,8 +6,11 @@
 //! `--load RATE --seconds S --threads N [--stop-file F]`: HTTP GETs at a fixed rate, one new connection
 //! each (so each request is steered anew), for a bounded time; see `load.rs`.
 //!
-//! `--count N [--rate R]` paces the connections; `--until NAME --seconds S` connects until
-//! NAME answers (the time a share change takes to reach new connections).
+//! `--count N [--rate R] [--parallel P]` paces the connections, and spreads them over P
+//! threads, each connecting one at a time (default 1: strictly one after another);
+//! `--until NAME --seconds S` connects until NAME answers (the time a share change takes to
+//! reach new connections). `--udp-connects N` connects N UDP sockets to the address, which
+//! sends nothing: it runs the connect hooks' cheapest path, their floor.
 //!
 //! Output: one JSON object per line on stdout.
 
@@ -60,14 +63,34 @@ fn main() {
     } else if let Some(i) = args.iter().position(|a| a == "--until") {
         let seconds: f64 = arg("--seconds").parse().expect("--seconds S");
         until(target, &args[i + 1], Duration::from_secs_f64(seconds));
+    } else if let Some(i) = args.iter().position(|a| a == "--udp-connects") {
+        udp_connects(target, args[i + 1].parse().expect("--udp-connects N"));
     } else {
         let count: u64 = arg("--count").parse().expect("--count N");
         let rate: Option<f64> = args
             .iter()
             .position(|a| a == "--rate")
             .map(|i| args[i + 1].parse().expect("--rate PER_SECOND"));
-        many(target, count, rate);
+        let parallel: u64 = args
+            .iter()
+            .position(|a| a == "--parallel")
+            .map_or(1, |i| args[i + 1].parse().expect("--parallel THREADS"));
+        assert!(parallel >= 1, "--parallel must be at least 1");
+        many(target, count, rate, parallel);
     }
+}
+
+/// `count` UDP sockets connected to `target` and closed: no packet leaves, but the connect
+/// hooks run (and leave at their protocol check).
+fn udp_connects(target: SocketAddr, count: u64) {
+    let start = std::time::Instant::now();
+    let mut errors = 0u64;
+    for _ in 0..count {
+        let ok = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.connect(target));
+        errors += u64::from(ok.is_err());
+    }
+    let out = serde_json::json!({ "count": count, "errors": errors, "seconds": start.elapsed().as_secs_f64() });
+    println!("{out}");
 }
 
 /// Connects, reads the backend's name line.
@@ -79,41 +102,46 @@ fn connect(target: SocketAddr) -> std::io::Result<(TcpStream, String)> {
     Ok((s, line.trim().to_owned()))
 }
 
-/// `count` connections in a row (or paced at `rate` a second), each: connect, read the
-/// greeting, `getpeername`, close with a reset. Reports what answered, how long each took
-/// (connect to greeting read), and how long the whole run took.
-fn many(target: SocketAddr, count: u64, rate: Option<f64>) {
-    let mut replies: BTreeMap<String, u64> = BTreeMap::new();
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut peer_vip, mut peer_other) = (0u64, 0u64);
-    let mut latencies_ns: Vec<u64> = Vec::with_capacity(count as usize);
+/// What one thread of [`many`] saw.
+#[derive(Default)]
+struct Seen {
+    replies: BTreeMap<String, u64>,
+    errors: BTreeMap<String, u64>,
+    peer_vip: u64,
+    peer_other: u64,
+    latencies_ns: Vec<u64>,
+}
+
+/// `count` connections (or paced at `rate` a second), over `parallel` threads that each make
+/// theirs one after another. Each: connect, read the greeting, `getpeername`, close with a
+/// reset. Reports what answered, how long each took (connect to greeting read), and how
+/// long the whole run took.
+fn many(target: SocketAddr, count: u64, rate: Option<f64>, parallel: u64) {
     let start = std::time::Instant::now();
-    for n in 0..count {
-        if let Some(rate) = rate {
-            let due = start + Duration::from_secs_f64(n as f64 / rate);
-            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
-                std::thread::sleep(wait);
-            }
+    let threads: Vec<_> = (0..parallel)
+        .map(|t| {
+            // An even share of the count (and of the rate) for each thread.
+            let mine = count / parallel + u64::from(t < count % parallel);
+            std::thread::spawn(move || {
+                connect_in_a_row(target, mine, rate.map(|r| r / parallel as f64), start)
+            })
+        })
+        .collect();
+    let mut all = Seen::default();
+    for t in threads {
+        let seen = t.join().expect("a probe thread panicked");
+        for (k, v) in seen.replies {
+            *all.replies.entry(k).or_default() += v;
         }
-        let began = std::time::Instant::now();
-        let result = connect(target);
-        latencies_ns.push(began.elapsed().as_nanos() as u64);
-        match result {
-            Ok((s, name)) => {
-                *replies.entry(name).or_default() += 1;
-                if s.peer_addr().ok() == Some(target) {
-                    peer_vip += 1;
-                } else {
-                    peer_other += 1;
-                }
-                // Close with a reset: no TIME_WAIT, so tens of thousands of connections in
-                // a row never run out of ports.
-                sluice_tests::reset_on_close(&s);
-            }
-            Err(e) => *errors.entry(format!("{:?}", e.kind())).or_default() += 1,
+        for (k, v) in seen.errors {
+            *all.errors.entry(k).or_default() += v;
         }
+        all.peer_vip += seen.peer_vip;
+        all.peer_other += seen.peer_other;
+        all.latencies_ns.extend(seen.latencies_ns);
     }
     let seconds = start.elapsed().as_secs_f64();
+    let mut latencies_ns = all.latencies_ns;
     latencies_ns.sort_unstable();
     let pct = |q: f64| {
         latencies_ns
@@ -125,10 +153,49 @@ fn many(target: SocketAddr, count: u64, rate: Option<f64>) {
             .unwrap_or(0)
     };
     let out = serde_json::json!({
-        "replies": replies, "errors": errors, "peer_vip": peer_vip, "peer_other": peer_other,
+        "replies": all.replies, "errors": all.errors, "peer_vip": all.peer_vip,
+        "peer_other": all.peer_other, "parallel": parallel,
         "seconds": seconds, "p50_ns": pct(0.5), "p99_ns": pct(0.99),
     });
     println!("{out}");
+}
+
+fn connect_in_a_row(
+    target: SocketAddr,
+    count: u64,
+    rate: Option<f64>,
+    start: std::time::Instant,
+) -> Seen {
+    let mut seen = Seen {
+        latencies_ns: Vec::with_capacity(count as usize),
+        ..Seen::default()
+    };
+    for n in 0..count {
+        if let Some(rate) = rate {
+            let due = start + Duration::from_secs_f64(n as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let began = std::time::Instant::now();
+        let result = connect(target);
+        seen.latencies_ns.push(began.elapsed().as_nanos() as u64);
+        match result {
+            Ok((s, name)) => {
+                *seen.replies.entry(name).or_default() += 1;
+                if s.peer_addr().ok() == Some(target) {
+                    seen.peer_vip += 1;
+                } else {
+                    seen.peer_other += 1;
+                }
+                // Close with a reset: no TIME_WAIT, so tens of thousands of connections in
+                // a row never run out of ports.
+                sluice_tests::reset_on_close(&s);
+            }
+            Err(e) => *seen.errors.entry(format!("{:?}", e.kind())).or_default() += 1,
+        }
+    }
+    seen
 }
 
 /// Connects (and resets) again and again until a connection is answered by `name`; prints
