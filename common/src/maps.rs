@@ -149,7 +149,8 @@ pub struct SockTag {
     pub reset_rx: u8,
     /// A retransmission timer expired.
     pub rto: u8,
-    /// `bpf_ktime_get_ns()` at `connect()`, at the handshake's end, at the request's start.
+    /// `bpf_ktime_get_ns()` when the SYN goes out (sock_ops `TCP_CONNECT_CB`), at the
+    /// handshake's end, at the request's start. Zero while signals are off.
     pub connect_ns: u64,
     pub established_ns: u64,
     pub request_ns: u64,

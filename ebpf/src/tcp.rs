@@ -44,6 +44,9 @@ pub fn sock_ops(ctx: &SockOpsContext) {
         return;
     };
     if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        // The SYN is about to go out: the connect latency starts here.
+        // SAFETY: plain helper call.
+        tag.connect_ns = unsafe { bpf_ktime_get_ns() };
         // Ask for the state, RTO and retransmit callbacks on this socket only.
         let flags =
             BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG;
@@ -63,7 +66,11 @@ pub fn sock_ops(ctx: &SockOpsContext) {
             tag.tx_next = ops.snd_nxt;
             tag.rx_next = ops.rcv_nxt;
             bump(m, ESTABLISHED, 1);
-            observe(m, HIST_CONNECT, now.saturating_sub(tag.connect_ns));
+            // Zero when the SYN left before sock_ops was attached (signals switched on
+            // mid-handshake): no start, no latency.
+            if tag.connect_ns != 0 {
+                observe(m, HIST_CONNECT, now.saturating_sub(tag.connect_ns));
+            }
         }
         BPF_SOCK_OPS_RTO_CB => {
             tag.rto = 1;

@@ -302,6 +302,13 @@ fn a_slow_canary_shows_in_its_time_to_first_byte() {
             m.get("sluice_connect_duration_seconds_count", &l),
             established
         );
+        // The start is taken when the SYN goes out: a loopback handshake takes well under
+        // 10 ms, where a missing start would count from boot.
+        let mean = m.sum("sluice_connect_duration_seconds_sum", &l) / established as f64;
+        assert!(
+            established > 0 && mean < 0.010,
+            "{version}: mean connect latency {mean} s over {established} connections"
+        );
         assert_eq!(m.get("sluice_tcp_rtt_seconds_count", &l), established);
     }
 }
