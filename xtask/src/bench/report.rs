@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::paths::ALL;
+use super::{paths::ALL, runs::paired_ratio};
 
 fn f(v: &Value, digits: usize) -> String {
     v.as_f64()
@@ -113,8 +113,9 @@ pub fn markdown(r: &Value) -> String {
         o,
         "\nHow: everything runs in a network namespace the bench creates (`sluice-bench`, its own \
          loopback). Clients run on CPU 0; nginx and the greeting backends on CPU 1; haproxy and \
-         Envoy may use both. Rounds alternate between the paths, and each figure is the median of \
-         the rounds (3 for connections, 5 for HTTP). Connection rounds use `sluice-probe` (connect, read a greeting, \
+         Envoy may use both. Rounds alternate between the paths; each rate is the median of \
+         the rounds (7 of each kind), and each ratio the median of the rounds' own ratios, as \
+         paths measured seconds apart share the machine's other load. Connection rounds use `sluice-probe` (connect, read a greeting, \
          `getpeername`, close with a reset, so no TIME_WAIT), one at a time (a latency: the client \
          waits on the server's CPU) and from four threads (a capacity: the client's CPU is busy, \
          so a path's CPU work shows in full); fixed rates and the split use four. \
@@ -175,14 +176,14 @@ pub fn markdown(r: &Value) -> String {
                 .cloned()
         })
         .unwrap_or_default();
-    let vs_ipt =
-        |k: &str| rate(&r["scale"][k], "sluice_steering") / rate(&r["scale"][k], "iptables");
+    // Ratios between two paths are medians of their per-round ratios (runs::paired_ratio).
+    let vs = |t: &Value, a: &str, b: &str| paired_ratio(&t[a], &t[b]);
+    let vs_ipt = |k: &str| vs(&r["scale"][k], "sluice_steering", "iptables");
     let sp = &r["scale_parallel"];
-    let vs_ipt_parallel = |k: &str| rate(&sp[k], "sluice_steering") / rate(&sp[k], "iptables");
-    let direct_vs_ipt = |k: &str| rate(&r["scale"][k], "direct") / rate(&r["scale"][k], "iptables");
+    let vs_ipt_parallel = |k: &str| vs(&sp[k], "sluice_steering", "iptables");
+    let direct_vs_ipt = |k: &str| vs(&r["scale"][k], "direct", "iptables");
     let ka = &r["http"]["keep_alive"];
     let cl = &r["http"]["connection_per_request"];
-    let vs = |t: &Value, a: &str, b: &str| rate(t, a) / rate(t, b);
     let p99 = |t: &Value, w: &str| t[w]["median"]["p99_us"].as_f64().unwrap_or(f64::NAN);
     let z = r["split"]["sluice"]["z"].as_f64().unwrap_or(f64::NAN);
     let _ = writeln!(o, "## Goals\n");

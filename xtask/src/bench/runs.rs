@@ -311,6 +311,25 @@ pub fn median(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// The median over rounds of `a`'s rate divided by `b`'s in the same round. Rounds alternate
+/// between the paths, so a round's paths ran seconds apart: a burst of the machine's other
+/// load moves both, and their ratio keeps what the median of each alone would lose.
+pub fn paired_ratio(a: &Value, b: &Value) -> f64 {
+    let rates = |x: &Value| -> Vec<f64> {
+        x["rounds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| r["per_second"].as_f64().unwrap_or(f64::NAN))
+            .collect()
+    };
+    let (ra, rb) = (rates(a), rates(b));
+    if ra.is_empty() || ra.len() != rb.len() {
+        return f64::NAN;
+    }
+    median(&ra.iter().zip(&rb).map(|(x, y)| x / y).collect::<Vec<_>>())
+}
+
 /// Medians of a list of round results, field by field.
 pub fn summarise(rounds: &[Value]) -> Value {
     let mut out = BTreeMap::new();
