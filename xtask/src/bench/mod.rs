@@ -182,7 +182,7 @@ fn measure_all(
             _ => other.clone(),
         }
     };
-    let mut cost: BTreeMap<((String, String), String), (u64, u64)> = BTreeMap::new();
+    let mut cost = Cost::new();
 
     eprintln!("bench: agents idle for {} s", plan.idle_seconds);
     // Idle agents first.
@@ -197,31 +197,8 @@ fn measure_all(
 
     eprintln!("bench: new connections, closed loop and at fixed rates");
     // 2. New connections, closed loop then at fixed rates.
-    let mut closed: BTreeMap<Way, Vec<Value>> = BTreeMap::new();
-    let mut closed_parallel: BTreeMap<Way, Vec<Value>> = BTreeMap::new();
-    for _ in 0..plan.rounds {
-        for w in ALL {
-            for (parallel, into) in [(1, &mut closed), (PARALLEL, &mut closed_parallel)] {
-                env.check_interrupt()?;
-                let before = prog_stats()?;
-                let r = runs::connections(
-                    probe,
-                    &cgroup(w),
-                    w.conn_target(),
-                    plan.connections,
-                    None,
-                    parallel,
-                )?;
-                add_cost(
-                    &mut cost,
-                    &("connections".into(), w.key().into()),
-                    &before,
-                    &prog_stats()?,
-                );
-                into.entry(w).or_default().push(r);
-            }
-        }
-    }
+    let [closed, closed_parallel] =
+        closed_loop_rounds(env, plan, probe, &ALL, &cgroup, Some(&mut cost))?;
     results["connections"]["closed_loop"] = per_way(&closed);
     results["connections"]["closed_loop_parallel"] = per_way(&closed_parallel);
     for rate in &plan.fixed_rates {
@@ -346,23 +323,8 @@ fn measure_all(
         eprintln!("bench: scale, {n} services");
         steer.scale_to(sluice, env, *n)?;
         paths::load_iptables(env, n - 1)?;
-        let mut rounds: BTreeMap<Way, Vec<Value>> = BTreeMap::new();
-        let mut rounds_parallel: BTreeMap<Way, Vec<Value>> = BTreeMap::new();
-        for _ in 0..plan.rounds {
-            for w in [Way::Direct, Way::SluiceSteering, Way::Iptables] {
-                for (parallel, into) in [(1, &mut rounds), (PARALLEL, &mut rounds_parallel)] {
-                    env.check_interrupt()?;
-                    into.entry(w).or_default().push(runs::connections(
-                        probe,
-                        &cgroup(w),
-                        w.conn_target(),
-                        plan.connections,
-                        None,
-                        parallel,
-                    )?);
-                }
-            }
-        }
+        let ways = [Way::Direct, Way::SluiceSteering, Way::Iptables];
+        let [rounds, rounds_parallel] = closed_loop_rounds(env, plan, probe, &ways, &cgroup, None)?;
         results["scale"][format!("{n}")] = per_way(&rounds);
         results["scale_parallel"][format!("{n}")] = per_way(&rounds_parallel);
         if *n == 1000 || (plan.scale.last() == Some(n) && *n < 1000) {
@@ -395,6 +357,45 @@ fn measure_all(
     }
     Ok(())
 }
+
+/// Closed-loop connection rounds through `ways`, alternating, each round one at a time and
+/// then [`PARALLEL`] at a time: the rounds of each, by way. With `cost`, the hooks' kernel
+/// time is added to it under "connections".
+fn closed_loop_rounds(
+    env: &BenchEnv,
+    plan: &Plan,
+    probe: &Path,
+    ways: &[Way],
+    cgroup: &dyn Fn(Way) -> PathBuf,
+    mut cost: Option<&mut Cost>,
+) -> anyhow::Result<[BTreeMap<Way, Vec<Value>>; 2]> {
+    let mut out: [BTreeMap<Way, Vec<Value>>; 2] = Default::default();
+    for _ in 0..plan.rounds {
+        for &w in ways {
+            for (parallel, into) in [1, PARALLEL].into_iter().zip(out.iter_mut()) {
+                env.check_interrupt()?;
+                let before = prog_stats()?;
+                let r = runs::connections(
+                    probe,
+                    &cgroup(w),
+                    w.conn_target(),
+                    plan.connections,
+                    None,
+                    parallel,
+                )?;
+                if let Some(cost) = cost.as_deref_mut() {
+                    let key = ("connections".to_owned(), w.key().to_owned());
+                    add_cost(cost, &key, &before, &prog_stats()?);
+                }
+                into.entry(w).or_default().push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Kernel time and calls of each program, by (kind of round, way) and program name.
+type Cost = BTreeMap<((String, String), String), (u64, u64)>;
 
 /// Writes bench/report.md again from bench/report.json.
 pub fn render() -> anyhow::Result<()> {
