@@ -130,6 +130,7 @@ pub fn bench(quick: bool) -> anyhow::Result<()> {
     results["versions"] = versions;
     results["machine"] = machine();
     results["quick"] = json!(quick);
+    results["rounds"] = json!({ "connections": plan.rounds, "http": plan.http_rounds });
     results["seconds"] = json!(started.elapsed().as_secs_f64());
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(

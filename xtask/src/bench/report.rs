@@ -114,8 +114,9 @@ pub fn markdown(r: &Value) -> String {
         "\nHow: everything runs in a network namespace the bench creates (`sluice-bench`, its own \
          loopback). Clients run on CPU 0; nginx and the greeting backends on CPU 1; haproxy and \
          Envoy may use both. Rounds alternate between the paths; each rate is the median of \
-         the rounds (7 of each kind), and each ratio the median of the rounds' own ratios, as \
-         paths measured seconds apart share the machine's other load. Connection rounds use `sluice-probe` (connect, read a greeting, \
+         the rounds ({} of connections, {} of HTTP, one at each fixed rate), and each ratio \
+         the median of the rounds' own ratios, as paths measured seconds apart share the \
+         machine's other load. Connection rounds use `sluice-probe` (connect, read a greeting, \
          `getpeername`, close with a reset, so no TIME_WAIT), one at a time (a latency: the client \
          waits on the server's CPU) and from four threads (a capacity: the client's CPU is busy, \
          so a path's CPU work shows in full); fixed rates and the split use four. \
@@ -126,7 +127,9 @@ pub fn markdown(r: &Value) -> String {
          (`return 200`), the commands are in report.json. The steered and proxied paths split \
          90/10 between two ports of the same server. iptables and nftables load conntrack into \
          the namespace, so every path pays it, as on a kube-proxy node; its TIME_WAIT timeout is \
-         5 s there, so that connection-per-request rounds do not fill its table.\n"
+         5 s there, so that connection-per-request rounds do not fill its table.\n",
+        n(&r["rounds"]["connections"]),
+        n(&r["rounds"]["http"]),
     );
 
     // Goals.
