@@ -175,6 +175,21 @@ fn measure_all(
     paths::load_nftables(env)?;
     let steer = Agent::start(env, sluice, "steer", false)?;
     let signals = Agent::start(env, sluice, "signals", true)?;
+    // What each path was, exactly: the files the servers, proxies, rules and agents were
+    // started with (the scale phase adds rule pairs and services of the same shape).
+    for file in [
+        "nginx.conf",
+        "haproxy.cfg",
+        "envoy.yaml",
+        "iptables.rules",
+        "nftables.rules",
+        "steer.yaml",
+        "signals.yaml",
+    ] {
+        let text = std::fs::read_to_string(env.dir.join(file))
+            .with_context(|| format!("reading back {file}"))?;
+        results["setup"][file] = json!(text);
+    }
     let other = env.cgroup("sluice-bench-client")?;
     let cgroup = |w: Way| -> PathBuf {
         match w {

@@ -124,7 +124,8 @@ pub fn markdown(r: &Value) -> String {
          DNAT path's SYN could land on a server TIME_WAIT left by another path with a larger \
          timestamp, be dropped by PAWS, and stall a second. The hooks' floor is connect4 on UDP \
          sockets, which it leaves at its first check. HTTP rounds use wrk against nginx \
-         (`return 200`), the commands are in report.json. The steered and proxied paths split \
+         (`return 200`). Every round's command, and the configuration each server, proxy, rule \
+         set and agent ran with, are in report.json (`setup`). The steered and proxied paths split \
          90/10 between two ports of the same server. iptables and nftables load conntrack into \
          the namespace, so every path pays it, as on a kube-proxy node; its TIME_WAIT timeout is \
          5 s there, so that connection-per-request rounds do not fill its table.\n",

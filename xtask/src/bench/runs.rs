@@ -52,6 +52,11 @@ pub fn connections(
     if let Some(r) = rate {
         cmd.args(["--rate", &r.to_string()]);
     }
+    let command = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
     let out = cmd.output().context("the probe")?;
     if !out.status.success() {
         bail!("probe: {}", String::from_utf8_lossy(&out.stderr));
@@ -73,6 +78,7 @@ pub fn connections(
         "p99_us": v["p99_ns"].as_f64().unwrap_or(0.0) / 1e3,
         "syn_retransmits": syn1 - syn0,
         "paws_drops": paws1 - paws0,
+        "command": command,
     }))
 }
 
