@@ -119,7 +119,7 @@ pub fn bench(quick: bool) -> anyhow::Result<()> {
     // measured, and why it stopped.
     let mut results = json!({});
     let outcome = (|| {
-        std::fs::write(STATS, "1").context("kernel.bpf_stats_enabled")?;
+        set_stats(false)?;
         measure_all(&mut env, &plan, &sluice, &probe, &mut results)
     })();
     let _ = std::fs::write(STATS, stats_before.trim());
@@ -213,8 +213,7 @@ fn measure_all(
 
     eprintln!("bench: new connections, closed loop and at fixed rates");
     // 2. New connections, closed loop then at fixed rates.
-    let [closed, closed_parallel] =
-        closed_loop_rounds(env, plan, probe, &ALL, &cgroup, Some(&mut cost))?;
+    let [closed, closed_parallel] = closed_loop_rounds(env, plan, probe, &ALL, &cgroup)?;
     results["connections"]["closed_loop"] = per_way(&closed);
     results["connections"]["closed_loop_parallel"] = per_way(&closed_parallel);
     for rate in &plan.fixed_rates {
@@ -242,7 +241,6 @@ fn measure_all(
         for _ in 0..plan.http_rounds {
             for w in ALL {
                 env.check_interrupt()?;
-                let before = prog_stats()?;
                 let (r, u) = runs::usage_during(signals.pid, || {
                     runs::wrk(
                         &cgroup(w),
@@ -255,12 +253,6 @@ fn measure_all(
                 if w == Way::SluiceSignals {
                     load_usage.push(u);
                 }
-                add_cost(
-                    &mut cost,
-                    &(kind.into(), w.key().into()),
-                    &before,
-                    &prog_stats()?,
-                );
                 rounds.entry(w).or_default().push(r);
             }
         }
@@ -271,6 +263,46 @@ fn measure_all(
         anyhow::bail!("{name} exited during the run");
     }
 
+    // 1. Kernel time per call, in rounds of their own: with kernel.bpf_stats_enabled every
+    // program run also reads the clock twice (about 60 ns here), a cost production does not
+    // pay and that grows with the number of hooks a packet meets, so no throughput round
+    // above ran with it.
+    eprintln!("bench: kernel time per call of each hook");
+    set_stats(true)?;
+    for w in ALL {
+        env.check_interrupt()?;
+        let before = prog_stats()?;
+        runs::connections(
+            probe,
+            &cgroup(w),
+            w.conn_target(),
+            plan.connections,
+            None,
+            1,
+        )?;
+        add_cost(
+            &mut cost,
+            &("connections".into(), w.key().into()),
+            &before,
+            &prog_stats()?,
+        );
+        for (kind, close) in [("keep_alive", false), ("connection_per_request", true)] {
+            let before = prog_stats()?;
+            runs::wrk(
+                &cgroup(w),
+                w.http_target(),
+                plan.http_seconds,
+                WRK_CONNECTIONS,
+                close,
+            )?;
+            add_cost(
+                &mut cost,
+                &(kind.into(), w.key().into()),
+                &before,
+                &prog_stats()?,
+            );
+        }
+    }
     // Sockets the hooks see but do not own: connections from the sluice cgroups straight to
     // a backend (no virtual address). Every hook must leave them at its first check.
     for (w, cg) in [
@@ -296,6 +328,7 @@ fn measure_all(
             &prog_stats()?,
         );
     }
+    set_stats(false)?;
 
     eprintln!("bench: split accuracy");
     // 5. Split accuracy at 5 %.
@@ -340,7 +373,7 @@ fn measure_all(
         steer.scale_to(sluice, env, *n)?;
         paths::load_iptables(env, n - 1)?;
         let ways = [Way::Direct, Way::SluiceSteering, Way::Iptables];
-        let [rounds, rounds_parallel] = closed_loop_rounds(env, plan, probe, &ways, &cgroup, None)?;
+        let [rounds, rounds_parallel] = closed_loop_rounds(env, plan, probe, &ways, &cgroup)?;
         results["scale"][format!("{n}")] = per_way(&rounds);
         results["scale_parallel"][format!("{n}")] = per_way(&rounds_parallel);
         if *n == 1000 || (plan.scale.last() == Some(n) && *n < 1000) {
@@ -375,22 +408,19 @@ fn measure_all(
 }
 
 /// Closed-loop connection rounds through `ways`, alternating, each round one at a time and
-/// then [`PARALLEL`] at a time: the rounds of each, by way. With `cost`, the hooks' kernel
-/// time is added to it under "connections".
+/// then [`PARALLEL`] at a time: the rounds of each, by way.
 fn closed_loop_rounds(
     env: &BenchEnv,
     plan: &Plan,
     probe: &Path,
     ways: &[Way],
     cgroup: &dyn Fn(Way) -> PathBuf,
-    mut cost: Option<&mut Cost>,
 ) -> anyhow::Result<[BTreeMap<Way, Vec<Value>>; 2]> {
     let mut out: [BTreeMap<Way, Vec<Value>>; 2] = Default::default();
     for _ in 0..plan.rounds {
         for &w in ways {
             for (parallel, into) in [1, PARALLEL].into_iter().zip(out.iter_mut()) {
                 env.check_interrupt()?;
-                let before = prog_stats()?;
                 let r = runs::connections(
                     probe,
                     &cgroup(w),
@@ -399,10 +429,6 @@ fn closed_loop_rounds(
                     None,
                     parallel,
                 )?;
-                if let Some(cost) = cost.as_deref_mut() {
-                    let key = ("connections".to_owned(), w.key().to_owned());
-                    add_cost(cost, &key, &before, &prog_stats()?);
-                }
                 into.entry(w).or_default().push(r);
             }
         }
@@ -412,6 +438,11 @@ fn closed_loop_rounds(
 
 /// Kernel time and calls of each program, by (kind of round, way) and program name.
 type Cost = BTreeMap<((String, String), String), (u64, u64)>;
+
+/// Switches the kernel's per-program run time accounting (restored when the bench ends).
+fn set_stats(on: bool) -> anyhow::Result<()> {
+    std::fs::write(STATS, if on { "1" } else { "0" }).context("kernel.bpf_stats_enabled")
+}
 
 /// Writes bench/report.md again from bench/report.json.
 pub fn render() -> anyhow::Result<()> {

@@ -122,8 +122,12 @@ pub fn markdown(r: &Value) -> String {
          so a path's CPU work shows in full); fixed rates and the split use four. \
          TCP timestamps run without per-address random offsets in the namespace: with them, a \
          DNAT path's SYN could land on a server TIME_WAIT left by another path with a larger \
-         timestamp, be dropped by PAWS, and stall a second. The hooks' floor is connect4 on UDP \
-         sockets, which it leaves at its first check. HTTP rounds use wrk against nginx \
+         timestamp, be dropped by PAWS, and stall a second. Throughput rounds run with \
+         kernel.bpf_stats_enabled off: with it on, every program run also reads the clock \
+         twice, which costs most where packets meet most hooks. Kernel time per call comes \
+         from rounds of its own with it on (one connection round and one of each HTTP kind \
+         per path). The hooks' floor is connect4 on UDP sockets, which it leaves at its \
+         first check. HTTP rounds use wrk against nginx \
          (`return 200`). Every round's command, and the configuration each server, proxy, rule \
          set and agent ran with, are in report.json (`setup`). The steered and proxied paths split \
          90/10 between two ports of the same server. iptables and nftables load conntrack into \
