@@ -55,9 +55,9 @@ enum Command {
     },
     /// Benchmark sluice side by side with no steering, iptables, nftables, haproxy and
     /// Envoy, in one run in a network namespace of its own; writes bench/report.md and
-    /// bench/report.json (about 11 minutes). Installs what it needs.
+    /// bench/report.json (about 12 minutes). Installs what it needs.
     Bench {
-        /// A smoke run of about 25 seconds whose numbers mean nothing (`cargo xtask test`
+        /// A smoke run of about 40 seconds whose numbers mean nothing (`cargo xtask test`
         /// runs it): writes target/bench-quick/ instead.
         #[arg(long)]
         quick: bool,
