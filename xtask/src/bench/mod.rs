@@ -271,36 +271,21 @@ fn measure_all(
     set_stats(true)?;
     for w in ALL {
         env.check_interrupt()?;
-        let before = prog_stats()?;
-        runs::connections(
-            probe,
-            &cgroup(w),
-            w.conn_target(),
-            plan.connections,
-            None,
-            1,
-        )?;
-        add_cost(
-            &mut cost,
-            &("connections".into(), w.key().into()),
-            &before,
-            &prog_stats()?,
-        );
-        for (kind, close) in [("keep_alive", false), ("connection_per_request", true)] {
-            let before = prog_stats()?;
-            runs::wrk(
+        costed(&mut cost, "connections", w, || {
+            runs::connections(
+                probe,
                 &cgroup(w),
-                w.http_target(),
-                plan.http_seconds,
-                WRK_CONNECTIONS,
-                close,
-            )?;
-            add_cost(
-                &mut cost,
-                &(kind.into(), w.key().into()),
-                &before,
-                &prog_stats()?,
-            );
+                w.conn_target(),
+                plan.connections,
+                None,
+                1,
+            )
+        })?;
+        for (kind, close) in [("keep_alive", false), ("connection_per_request", true)] {
+            costed(&mut cost, kind, w, || {
+                let seconds = plan.http_seconds;
+                runs::wrk(&cgroup(w), w.http_target(), seconds, WRK_CONNECTIONS, close)
+            })?;
         }
     }
     // Sockets the hooks see but do not own: connections from the sluice cgroups straight to
@@ -310,23 +295,12 @@ fn measure_all(
         (Way::SluiceSignals, &signals.cgroup),
     ] {
         env.check_interrupt()?;
-        let before = prog_stats()?;
-        let r = runs::connections(probe, cg, GREET_STABLE, plan.connections, None, 1)?;
-        add_cost(
-            &mut cost,
-            &("untagged".into(), w.key().into()),
-            &before,
-            &prog_stats()?,
-        );
-        results["connections"]["untagged"][w.key()] = r;
-        let before = prog_stats()?;
-        runs::udp_connects(probe, cg, GREET_STABLE, plan.connections)?;
-        add_cost(
-            &mut cost,
-            &("floor".into(), w.key().into()),
-            &before,
-            &prog_stats()?,
-        );
+        results["connections"]["untagged"][w.key()] = costed(&mut cost, "untagged", w, || {
+            runs::connections(probe, cg, GREET_STABLE, plan.connections, None, 1)
+        })?;
+        costed(&mut cost, "floor", w, || {
+            runs::udp_connects(probe, cg, GREET_STABLE, plan.connections)
+        })?;
     }
     set_stats(false)?;
 
@@ -438,6 +412,21 @@ fn closed_loop_rounds(
 
 /// Kernel time and calls of each program, by (kind of round, way) and program name.
 type Cost = BTreeMap<((String, String), String), (u64, u64)>;
+
+/// Runs `round` and adds what every sluice program ran meanwhile to `cost`, under (`kind`,
+/// `way`).
+fn costed<T>(
+    cost: &mut Cost,
+    kind: &str,
+    way: Way,
+    round: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let before = prog_stats()?;
+    let out = round()?;
+    let key = (kind.to_owned(), way.key().to_owned());
+    add_cost(cost, &key, &before, &prog_stats()?);
+    Ok(out)
+}
 
 /// Switches the kernel's per-program run time accounting (restored when the bench ends).
 fn set_stats(on: bool) -> anyhow::Result<()> {

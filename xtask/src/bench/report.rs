@@ -46,6 +46,16 @@ fn errors(m: &Value) -> String {
     }
 }
 
+/// The service counts a scale table was measured at, smallest first.
+fn service_counts(scale: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = scale
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    keys.sort_by_key(|k| k.parse::<u32>().unwrap_or(0));
+    keys
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "**missed**" }
 }
@@ -168,22 +178,9 @@ pub fn markdown(r: &Value) -> String {
                 acc
             }
         });
-    let scale_first = r["scale"]
-        .as_object()
-        .and_then(|m| {
-            m.keys()
-                .min_by_key(|k| k.parse::<u32>().unwrap_or(0))
-                .cloned()
-        })
-        .unwrap_or_default();
-    let scale_last = r["scale"]
-        .as_object()
-        .and_then(|m| {
-            m.keys()
-                .max_by_key(|k| k.parse::<u32>().unwrap_or(0))
-                .cloned()
-        })
-        .unwrap_or_default();
+    let scale_keys = service_counts(&r["scale"]);
+    let scale_first = scale_keys.first().cloned().unwrap_or_default();
+    let scale_last = scale_keys.last().cloned().unwrap_or_default();
     // Ratios between two paths are medians of their per-round ratios (runs::paired_ratio).
     let vs = |t: &Value, a: &str, b: &str| paired_ratio(&t[a], &t[b]);
     let vs_ipt = |k: &str| vs(&r["scale"][k], "sluice_steering", "iptables");
@@ -282,12 +279,7 @@ pub fn markdown(r: &Value) -> String {
             o,
             "| services | direct | sluice | iptables | sluice / iptables | sluice / direct | iptables / direct |\n|---|---|---|---|---|---|---|"
         );
-        let mut keys: Vec<String> = scale
-            .as_object()
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default();
-        keys.sort_by_key(|k| k.parse::<u32>().unwrap_or(0));
-        for k in &keys {
+        for k in &service_counts(scale) {
             let t = &scale[k];
             let _ = writeln!(
                 o,
