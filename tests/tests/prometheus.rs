@@ -230,5 +230,11 @@ fn prometheus_scrapes_and_promql_sees_success_rate_and_p99() {
         p99["canary"] > 0.010 && p99["canary"] <= 0.025,
         "canary p99 in (10 ms, 25 ms]: {p99:?}"
     );
-    assert!(p99["stable"] < 0.001, "stable p99 under 1 ms: {p99:?}");
+    // Stable adds no delay: its p99 stays below the canary's range. (With about 90 stable
+    // requests their p99 is the slowest one or two, and on a loaded machine one loopback
+    // answer past 1 ms happens; the medians' 1 ms bound is signals.rs's to check.)
+    assert!(
+        p99["stable"] < 0.010,
+        "stable p99 below the canary's 10 ms floor: {p99:?}"
+    );
 }
