@@ -10,6 +10,7 @@ pub mod names {
     pub const SOCK_TAGS: &str = "SLUICE_SOCK_TAGS";
     pub const STEER_COUNTERS: &str = "SLUICE_STEER_COUNTERS";
     pub const METRICS: &str = "SLUICE_METRICS";
+    pub const METRICS_ARRAY: &str = "SLUICE_METRICS_ARRAY";
     pub const VIP_PORTS: &str = "SLUICE_VIP_PORTS";
 }
 

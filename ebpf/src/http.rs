@@ -96,6 +96,15 @@ fn segment(ctx: &SkBuffContext) -> Option<Segment> {
     })
 }
 
+/// The TCP segment of a packet that carries payload; `None` for everything else. This is
+/// every skb hook's first check, before the socket's tag: most packets of a connection
+/// (handshake, ACKs, FINs) carry none, and a few direct loads from the packet's headers
+/// leave them, the tagged sockets' and all others', without a single helper call.
+#[inline(always)]
+fn payload(ctx: &SkBuffContext) -> Option<Segment> {
+    segment(ctx).filter(|seg| seg.len != 0)
+}
+
 /// Whether `seq` lies before `next` in sequence space (a retransmission or duplicate).
 #[inline(always)]
 fn before(seq: u32, next: u32) -> bool {
@@ -103,9 +112,9 @@ fn before(seq: u32, next: u32) -> bool {
 }
 
 pub fn egress(ctx: &SkBuffContext) {
+    let Some(seg) = payload(ctx) else { return };
     let Some(tag) = http_tag(ctx) else { return };
-    let Some(seg) = segment(ctx) else { return };
-    if seg.len == 0 || before(seg.seq, tag.tx_next) {
+    if before(seg.seq, tag.tx_next) {
         return;
     }
     tag.tx_next = seg.seq.wrapping_add(seg.len);
@@ -132,9 +141,9 @@ pub fn egress(ctx: &SkBuffContext) {
 }
 
 pub fn ingress(ctx: &SkBuffContext) {
+    let Some(seg) = payload(ctx) else { return };
     let Some(tag) = http_tag(ctx) else { return };
-    let Some(seg) = segment(ctx) else { return };
-    if seg.len == 0 || before(seg.seq, tag.rx_next) {
+    if before(seg.seq, tag.rx_next) {
         return;
     }
     tag.rx_next = seg.seq.wrapping_add(seg.len);

@@ -10,7 +10,7 @@ use sluice_common::{
     MAX_SEGMENT_MEMBERS, MAX_SERVICES, MAX_SLOTS, MAX_VIPS,
     counters::{STEER_COUNTERS, steer_index},
     maps::{Backend, SegmentKey, Service, SlotKey, SockTag, VIP_PORT_WORDS, VipKey, vip_port_bit},
-    metrics::{Metrics, MetricsKey},
+    metrics::{ARRAY_METRICS_ENTRIES, Metrics, MetricsKey},
 };
 
 /// `BPF_F_NO_PREALLOC` makes an update replace the entry under RCU: a reader sees the old
@@ -40,8 +40,9 @@ pub static SLUICE_SOCK_TAGS: SkStorage<SockTag> = SkStorage::new();
 static SLUICE_STEER_COUNTERS: PerCpuArray<u64, { (MAX_SERVICES * STEER_COUNTERS) as usize }> =
     PerCpuArray::new();
 
-/// Per (service, version): golden signals. The agent creates an entry per live service and
-/// version; a missing entry means the hook counts nothing (never a fault).
+/// Per (service, version): golden signals of the services whose id is too high for
+/// `SLUICE_METRICS_ARRAY`. The agent creates an entry per live service and version; a
+/// missing entry means the hook counts nothing (never a fault).
 #[btf_map]
 pub static SLUICE_METRICS: PerCpuHashMap<
     MetricsKey,
@@ -49,6 +50,12 @@ pub static SLUICE_METRICS: PerCpuHashMap<
     { (2 * MAX_SERVICES) as usize },
     NO_PREALLOC,
 > = PerCpuHashMap::new();
+
+/// Per (service, version): golden signals of the lowest service ids (see
+/// `sluice_common::metrics::ARRAY_METRICS_SERVICES`).
+#[btf_map]
+pub static SLUICE_METRICS_ARRAY: PerCpuArray<Metrics, { ARRAY_METRICS_ENTRIES as usize }> =
+    PerCpuArray::new();
 
 #[inline(always)]
 pub fn service(key: &VipKey) -> Option<&Service> {

@@ -1,15 +1,15 @@
-//! Per-version counters and histograms (`SLUICE_METRICS`), and the socket tag lookup every
-//! metrics hook starts with.
+//! Per-version counters and histograms (`SLUICE_METRICS_ARRAY`, `SLUICE_METRICS`), and the
+//! socket tag lookup every metrics hook starts with.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{bindings::bpf_sock, helpers::bpf_sk_storage_get};
 use sluice_common::{
     maps::SockTag,
-    metrics::{BUCKETS, METRIC_SLOTS, Metrics, MetricsKey, bucket_of},
+    metrics::{BUCKETS, METRIC_SLOTS, Metrics, MetricsKey, bucket_of, metrics_array_index},
 };
 
-use crate::maps::{SLUICE_METRICS, SLUICE_SOCK_TAGS, add};
+use crate::maps::{SLUICE_METRICS, SLUICE_METRICS_ARRAY, SLUICE_SOCK_TAGS, add};
 
 /// The tag of a steered socket, or `None` for every other socket: the first check of every
 /// metrics hook, so that unrelated traffic costs one storage lookup and nothing more.
@@ -30,6 +30,9 @@ pub fn tag_of(sk: *mut c_void) -> Option<&'static mut SockTag> {
 /// The metrics slots of a tagged socket's service and version (this CPU's copy).
 #[inline(always)]
 pub fn metrics_of(tag: &SockTag) -> Option<*mut Metrics> {
+    if let Some(index) = metrics_array_index(tag.service, tag.version) {
+        return SLUICE_METRICS_ARRAY.get_ptr_mut(index);
+    }
     let key = MetricsKey {
         service: tag.service,
         version: tag.version,

@@ -61,6 +61,16 @@ enum Command {
         /// runs it): writes target/bench-quick/ instead.
         #[arg(long)]
         quick: bool,
+        /// Only the signal hooks' cost (issue 3's goal): HTTP rounds through direct,
+        /// steering only and steering with signals; writes target/bench-signals/.
+        #[arg(long, conflicts_with = "quick")]
+        signals: bool,
+        /// Rounds of each way with --signals.
+        #[arg(long, default_value_t = 15, requires = "signals")]
+        rounds: u32,
+        /// Seconds a round with --signals.
+        #[arg(long, default_value_t = 3, requires = "signals")]
+        seconds: u32,
     },
     /// (internal) Writes bench/report.md again from bench/report.json (after a change to the
     /// report's layout).
@@ -95,9 +105,18 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             measure::measure(connections, rounds, http_only)
         }
-        Command::Bench { quick } => {
+        Command::Bench {
+            quick,
+            signals,
+            rounds,
+            seconds,
+        } => {
             setup::setup()?;
-            bench::bench(quick)
+            if signals {
+                bench::signals::run(rounds, seconds)
+            } else {
+                bench::bench(quick)
+            }
         }
         Command::BenchRender => bench::render(),
         Command::DemoClient {

@@ -18,16 +18,7 @@ use sluice_common::{
         Backend, SegmentKey, Service, SlotKey, VERSION_CANARY, VERSION_STABLE, VIP_PORT_WORDS,
         VipKey, vip_port_bit,
     },
-    metrics::{Metrics, MetricsKey},
 };
-
-pub fn metrics_key(service: u32, version: u8) -> MetricsKey {
-    MetricsKey {
-        service,
-        version,
-        _pad: [0; 3],
-    }
-}
 
 use super::{DataplaneError, DesiredService, Maps};
 
@@ -198,7 +189,7 @@ pub fn apply(maps: &mut Maps, desired: &[DesiredService]) -> Result<ApplyReport,
     {
         for version in [VERSION_STABLE, VERSION_CANARY] {
             // Absent already when two addresses of one removed service both list it.
-            let _ = maps.metrics.remove(&metrics_key(gone, version));
+            let _ = maps.remove_metrics(gone, version);
         }
     }
     for (service, generation, version) in snap.slots.keys() {
@@ -333,11 +324,7 @@ fn write_tables(
         if p.previous.is_none() {
             // A fresh id: counters left by an earlier owner of the id start again from zero.
             for version in [VERSION_STABLE, VERSION_CANARY] {
-                retrying_enomem(|| {
-                    let zeros = PerCpuValues::try_from(vec![Metrics::default(); maps.ncpus])
-                        .map_err(MapError::IoError)?;
-                    maps.metrics.insert(metrics_key(p.id, version), zeros, 0)
-                })?;
+                retrying_enomem(|| maps.reset_metrics(p.id, version))?;
             }
             for c in 0..STEER_COUNTERS {
                 // Cannot fail: the length is the possible-CPU count the map was made with.

@@ -5,11 +5,11 @@ use std::path::Path;
 
 use aya::{
     EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
 };
 use sluice_common::{
     maps::{Backend, SegmentKey, Service, SlotKey, SockTag, VipKey, names},
-    metrics::{Metrics, MetricsKey},
+    metrics::{Metrics, MetricsKey, metrics_array_index},
 };
 
 use super::DataplaneError;
@@ -21,14 +21,65 @@ pub struct Maps {
     pub slots: HashMap<MapData, SlotKey, Backend>,
     pub segments: HashMap<MapData, SegmentKey, u8>,
     pub steer_counters: PerCpuArray<MapData, u64>,
-    pub metrics: PerCpuHashMap<MapData, MetricsKey, Metrics>,
+    /// Golden signals of the lowest service ids, then of the others (see
+    /// `sluice_common::metrics`): use [`Maps::metrics`] and friends, which pick the map.
+    metrics_array: PerCpuArray<MapData, Metrics>,
+    metrics_hash: PerCpuHashMap<MapData, MetricsKey, Metrics>,
     pub vip_ports: Array<MapData, u64>,
     /// Possible CPUs: the length of every per-CPU value.
     pub ncpus: usize,
 }
 
+fn metrics_key(service: u32, version: u8) -> MetricsKey {
+    MetricsKey {
+        service,
+        version,
+        _pad: [0; 3],
+    }
+}
+
+impl Maps {
+    /// Zeroed golden signals of one CPU set, for a fresh (service, version).
+    fn zeroed_metrics(&self) -> Result<PerCpuValues<Metrics>, MapError> {
+        PerCpuValues::try_from(vec![Metrics::default(); self.ncpus]).map_err(MapError::IoError)
+    }
+
+    /// Starts a (service, version)'s golden signals from zero: counters an earlier owner of
+    /// the id left are not carried over.
+    pub fn reset_metrics(&mut self, service: u32, version: u8) -> Result<(), MapError> {
+        let zeros = self.zeroed_metrics()?;
+        match metrics_array_index(service, version) {
+            Some(index) => self.metrics_array.set(index, zeros, 0),
+            None => self
+                .metrics_hash
+                .insert(metrics_key(service, version), zeros, 0),
+        }
+    }
+
+    /// The service is gone: its signals stop. A hash entry is removed (the hooks then count
+    /// nothing for sockets still tagged with the id); an array entry is zeroed, and
+    /// [`Maps::reset_metrics`] zeroes it again when the id is handed out anew.
+    pub fn remove_metrics(&mut self, service: u32, version: u8) -> Result<(), MapError> {
+        match metrics_array_index(service, version) {
+            Some(index) => {
+                let zeros = self.zeroed_metrics()?;
+                self.metrics_array.set(index, zeros, 0)
+            }
+            None => self.metrics_hash.remove(&metrics_key(service, version)),
+        }
+    }
+
+    /// A (service, version)'s golden signals, CPU by CPU.
+    pub fn metrics(&self, service: u32, version: u8) -> Result<PerCpuValues<Metrics>, MapError> {
+        match metrics_array_index(service, version) {
+            Some(index) => self.metrics_array.get(&index, 0),
+            None => self.metrics_hash.get(&metrics_key(service, version), 0),
+        }
+    }
+}
+
 /// (name, key size, value size) of each pinned map: checked before adopting a pin.
-const LAYOUTS: [(&str, usize, usize); 7] = [
+const LAYOUTS: [(&str, usize, usize); 8] = [
     (names::SERVICES, size_of::<VipKey>(), size_of::<Service>()),
     (names::SLOTS, size_of::<SlotKey>(), size_of::<Backend>()),
     (names::SEGMENTS, size_of::<SegmentKey>(), size_of::<u8>()),
@@ -39,6 +90,7 @@ const LAYOUTS: [(&str, usize, usize); 7] = [
         size_of::<MetricsKey>(),
         size_of::<Metrics>(),
     ),
+    (names::METRICS_ARRAY, size_of::<u32>(), size_of::<Metrics>()),
     (names::VIP_PORTS, size_of::<u32>(), size_of::<u64>()),
 ];
 
@@ -99,7 +151,8 @@ pub fn load(object: &[u8], pin_dir: &Path) -> Result<(aya::Ebpf, Maps), Dataplan
         slots: typed(&mut ebpf, names::SLOTS)?,
         segments: typed(&mut ebpf, names::SEGMENTS)?,
         steer_counters: typed(&mut ebpf, names::STEER_COUNTERS)?,
-        metrics: typed(&mut ebpf, names::METRICS)?,
+        metrics_array: typed(&mut ebpf, names::METRICS_ARRAY)?,
+        metrics_hash: typed(&mut ebpf, names::METRICS)?,
         vip_ports: typed(&mut ebpf, names::VIP_PORTS)?,
         ncpus: aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?,
     };

@@ -8,7 +8,7 @@ use sluice_common::{
     maps::{Backend, MODE_STICKY, VERSION_CANARY, VERSION_STABLE},
 };
 
-use super::{DataplaneError, DesiredService, Maps, apply::metrics_key, words_addr};
+use super::{DataplaneError, DesiredService, Maps, words_addr};
 use crate::config::ppm_to_percent;
 
 /// A service's steering counters, summed over CPUs.
@@ -135,7 +135,7 @@ pub fn samples<'a>(
             let version = |v: u8| -> Result<Vec<u64>, DataplaneError> {
                 let mut sum = vec![0u64; sluice_common::metrics::METRIC_SLOTS as usize];
                 // A missing entry (an id whose metrics were never created) reads as zeros.
-                if let Ok(per_cpu) = maps.metrics.get(&metrics_key(*id, v), 0) {
+                if let Ok(per_cpu) = maps.metrics(*id, v) {
                     for cpu in per_cpu.iter() {
                         for (s, x) in sum.iter_mut().zip(cpu.slots.iter()) {
                             *s += x;
@@ -181,18 +181,16 @@ pub fn share_counts(
     };
     let requests = |id: u32, v: u8| -> u64 {
         let start = HTTP_REQUESTS as usize;
-        maps.metrics
-            .get(&metrics_key(id, v), 0)
-            .map_or(0, |per_cpu| {
-                per_cpu
-                    .iter()
-                    .map(|m| {
-                        m.slots[start..start + HTTP_METHODS.len()]
-                            .iter()
-                            .sum::<u64>()
-                    })
-                    .sum()
-            })
+        maps.metrics(id, v).map_or(0, |per_cpu| {
+            per_cpu
+                .iter()
+                .map(|m| {
+                    m.slots[start..start + HTTP_METHODS.len()]
+                        .iter()
+                        .sum::<u64>()
+                })
+                .sum()
+        })
     };
     applied
         .iter()

@@ -9,6 +9,7 @@ mod env;
 mod paths;
 mod report;
 mod runs;
+pub mod signals;
 
 use std::{
     collections::BTreeMap,

@@ -153,7 +153,8 @@ fn port(a: &str) -> &str {
     a.rsplit(':').next().unwrap_or(a)
 }
 
-pub fn start_nginx(env: &mut BenchEnv) -> anyhow::Result<()> {
+/// Starts nginx (one process, no master) on CPU 1; its pid.
+pub fn start_nginx(env: &mut BenchEnv) -> anyhow::Result<u32> {
     let conf = env.dir.join("nginx.conf");
     let d = env.dir.display();
     std::fs::write(
@@ -166,8 +167,9 @@ pub fn start_nginx(env: &mut BenchEnv) -> anyhow::Result<()> {
              server {{ listen {HTTP_CANARY} backlog=4096; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
         ),
     )?;
-    // The server on CPU 1, clients on CPU 0: one core each, as in every round.
-    env.spawn(
+    // The server on CPU 1, clients on CPU 0: one core each, as in every round. taskset
+    // execs nginx, so the pid is nginx's.
+    let pid = env.spawn(
         "nginx",
         Command::new("taskset")
             .args(["-c", "1", "nginx", "-p"])
@@ -175,7 +177,8 @@ pub fn start_nginx(env: &mut BenchEnv) -> anyhow::Result<()> {
             .arg("-c")
             .arg(&conf),
     )?;
-    wait_listening(HTTP_CANARY)
+    wait_listening(HTTP_CANARY)?;
+    Ok(pid)
 }
 
 pub fn start_haproxy(env: &mut BenchEnv) -> anyhow::Result<()> {
