@@ -26,6 +26,11 @@ pub const MAX_SLOTS: u32 = 1 << 20;
 /// Slots one version of one service may use (per-backend weights are slot counts).
 pub const MAX_SLOTS_PER_VERSION: u32 = 4_096;
 
+/// Steered sockets alive at once (tags in `SLUICE_SOCK_TAGS`). A connect beyond it is
+/// still steered, but counted as `tag_failed`: `getpeername` then shows the backend and the
+/// signal hooks do not see the connection.
+pub const MAX_SOCK_TAGS: u32 = 262_144;
+
 /// (service, client cgroup) pairs allowed to reach a canary.
 pub const MAX_SEGMENT_MEMBERS: u32 = 65_536;
 

@@ -35,6 +35,8 @@ pub mod programs {
     pub const SOCK_OPS: &str = "sluice_sock_ops";
     pub const SKB_EGRESS: &str = "sluice_skb_egress";
     pub const SKB_INGRESS: &str = "sluice_skb_ingress";
+    pub const SOCK_RELEASE: &str = "sluice_sock_release";
+    pub const SOCK_DESTROYED: &str = "sluice_sock_destroyed";
     pub const RESET_RECEIVED: &str = "sluice_reset_received";
     pub const RESET_SENT: &str = "sluice_reset_sent";
 }
@@ -126,7 +128,8 @@ pub struct SegmentKey {
 }
 const _: () = assert!(size_of::<SegmentKey>() == 16);
 
-/// Socket-local storage of every steered socket. Later hooks read the version from here,
+/// Value of `SLUICE_SOCK_TAGS` (keyed by the socket's cookie): what a steered socket was
+/// steered to. Later hooks read the version from here,
 /// never from addresses (they were rewritten, and ports are reused). Fields that different
 /// hooks write (process context, softirq) are separate bytes, never bits of one byte.
 #[repr(C)]

@@ -3,7 +3,7 @@
 //! status line (code, time to first byte). Retransmitted segments are recognised by their
 //! sequence number and never counted twice; `1xx` interim responses keep the request
 //! outstanding. Pipelined requests (a second request before the first response) are not
-//! separated: the second one is not counted. Minimum kernel: 5.2 (socket storage).
+//! separated: the second one is not counted.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::SkBuffContext};
 use sluice_common::{
@@ -15,7 +15,10 @@ use sluice_common::{
     },
 };
 
-use crate::metrics::{bump, metrics_of, observe, sk_ptr, tag_of};
+use crate::{
+    metrics::{bump, metrics_of, observe},
+    tags::{cookie_of, tag_of},
+};
 
 /// Where a TCP segment's payload lies in the skb (data starts at the IP header).
 struct Segment {
@@ -27,14 +30,9 @@ struct Segment {
 /// The tag of the skb's socket, if it is a steered HTTP/1.x socket.
 #[inline(always)]
 fn http_tag(ctx: &SkBuffContext) -> Option<&'static mut SockTag> {
-    // SAFETY: a valid context for the program's run; `sk` may be null.
-    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return None;
-    }
-    // No bpf_sk_fullsock: the storage helper itself answers null for request and
-    // time-wait sockets, one helper call fewer per packet.
-    let tag = tag_of(sk_ptr(sk))?;
+    // Zero for a packet without a socket. Request and time-wait sockets have cookies of their
+    // own, never tagged.
+    let tag = tag_of(cookie_of(ctx.skb.skb.cast()))?;
     (tag.http1 != 0).then_some(tag)
 }
 

@@ -1,8 +1,8 @@
 //! sluice's kernel programs. Entry points only: each is a thin wrapper over a function in a
 //! module per concern.
 //!
-//! Minimum kernel: 5.7 (bpf_link for cgroups), 5.2 (socket storage in sock_addr hooks),
-//! 5.8 (getpeername hooks); `bpf_set_retval` (5.18) gives a refused connect its errno.
+//! Minimum kernel: 5.9 (sock_release hooks), 5.8 (getpeername hooks), 5.7 (bpf_link for
+//! cgroups); `bpf_set_retval` (5.18) gives a refused connect its errno.
 #![no_std]
 #![no_main]
 // Atomic adds on map values (see maps::add); the kernel crate always builds with nightly.
@@ -16,13 +16,15 @@ mod http;
 mod maps;
 mod metrics;
 mod peername;
+mod release;
 mod resets;
 mod steer;
+mod tags;
 mod tcp;
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, sock_ops},
-    programs::{BtfTracePointContext, SkBuffContext, SockAddrContext, SockOpsContext},
+    macros::{btf_tracepoint, cgroup_skb, cgroup_sock, cgroup_sock_addr, sock_ops},
+    programs::{BtfTracePointContext, SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
 };
 
 /// Allow the syscall to continue. Returning 0 instead fails it (errno from `bpf_set_retval`).
@@ -50,6 +52,13 @@ pub fn sluice_getpeername6(ctx: SockAddrContext) -> i32 {
     PASS
 }
 
+/// Forgets the tags of released sockets (see `tags`); 1 lets the release go on.
+#[cgroup_sock(sock_release)]
+pub fn sluice_sock_release(ctx: SockContext) -> i32 {
+    release::released(&ctx);
+    PASS
+}
+
 #[sock_ops]
 pub fn sluice_sock_ops(ctx: SockOpsContext) -> u32 {
     tcp::sock_ops(&ctx);
@@ -72,6 +81,13 @@ pub fn sluice_skb_ingress(ctx: SkBuffContext) -> i32 {
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn sluice_reset_received(ctx: BtfTracePointContext) -> i32 {
     resets::received(&ctx);
+    0
+}
+
+/// Forgets the tag of a socket TCP is done with (signals on; see `tags`).
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn sluice_sock_destroyed(ctx: BtfTracePointContext) -> i32 {
+    release::destroyed(ctx.arg(0));
     0
 }
 

@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, SkStorage},
+    btf_maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     macros::btf_map,
 };
 use sluice_common::{
-    MAX_SEGMENT_MEMBERS, MAX_SERVICES, MAX_SLOTS, MAX_VIPS,
+    MAX_SEGMENT_MEMBERS, MAX_SERVICES, MAX_SLOTS, MAX_SOCK_TAGS, MAX_VIPS,
     counters::{STEER_COUNTERS, steer_index},
     maps::{Backend, SegmentKey, Service, SlotKey, SockTag, VIP_PORT_WORDS, VipKey, vip_port_bit},
     metrics::{ARRAY_METRICS_ENTRIES, Metrics, MetricsKey},
@@ -33,8 +33,15 @@ static SLUICE_SEGMENTS: HashMap<SegmentKey, u8, { MAX_SEGMENT_MEMBERS as usize }
 #[btf_map]
 static SLUICE_VIP_PORTS: Array<u64, { VIP_PORT_WORDS as usize }> = Array::new();
 
+/// What each steered socket was steered to, keyed by the socket's cookie: written by
+/// connect4/6, read by getpeername and the signal hooks, removed when the socket is done
+/// (see `tags`). Not socket storage: creating that and freeing it took several µs of a
+/// connection here (an allocation charged to the memory cgroup, two locks with interrupts
+/// off shared by every CPU, an RCU-deferred free), where a hash entry comes from a per-CPU
+/// cache and its bucket lock is its own.
 #[btf_map]
-pub static SLUICE_SOCK_TAGS: SkStorage<SockTag> = SkStorage::new();
+pub static SLUICE_SOCK_TAGS: HashMap<u64, SockTag, { MAX_SOCK_TAGS as usize }, NO_PREALLOC> =
+    HashMap::new();
 
 #[btf_map]
 static SLUICE_STEER_COUNTERS: PerCpuArray<u64, { (MAX_SERVICES * STEER_COUNTERS) as usize }> =

@@ -1,31 +1,11 @@
-//! Per-version counters and histograms (`SLUICE_METRICS_ARRAY`, `SLUICE_METRICS`), and the
-//! socket tag lookup every metrics hook starts with.
+//! Per-version counters and histograms (`SLUICE_METRICS_ARRAY`, `SLUICE_METRICS`).
 
-use core::ffi::c_void;
-
-use aya_ebpf::{bindings::bpf_sock, helpers::bpf_sk_storage_get};
 use sluice_common::{
     maps::SockTag,
     metrics::{BUCKETS, METRIC_SLOTS, Metrics, MetricsKey, bucket_of, metrics_array_index},
 };
 
-use crate::maps::{SLUICE_METRICS, SLUICE_METRICS_ARRAY, SLUICE_SOCK_TAGS, add};
-
-/// The tag of a steered socket, or `None` for every other socket: the first check of every
-/// metrics hook, so that unrelated traffic costs one storage lookup and nothing more.
-#[inline(always)]
-pub fn tag_of(sk: *mut c_void) -> Option<&'static mut SockTag> {
-    if sk.is_null() {
-        return None;
-    }
-    let map = core::ptr::from_ref(&SLUICE_SOCK_TAGS)
-        .cast_mut()
-        .cast::<c_void>();
-    // SAFETY: `sk` is a socket pointer the verifier accepts for this helper; no create flag.
-    let tag = unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), 0) }.cast::<SockTag>();
-    // SAFETY: non-null storage of this socket, valid while the socket is.
-    unsafe { tag.as_mut() }
-}
+use crate::maps::{SLUICE_METRICS, SLUICE_METRICS_ARRAY, add};
 
 /// The metrics slots of a tagged socket's service and version (this CPU's copy).
 #[inline(always)]
@@ -58,10 +38,4 @@ pub fn bump(m: *mut Metrics, slot: u32, n: u64) {
 pub fn observe(m: *mut Metrics, hist: u32, ns: u64) {
     bump(m, hist + bucket_of(ns), 1);
     bump(m, hist + BUCKETS, ns);
-}
-
-/// `bpf_sock` pointers from contexts, as the untyped pointer the storage helper takes.
-#[inline(always)]
-pub fn sk_ptr(sk: *mut bpf_sock) -> *mut c_void {
-    sk.cast()
 }

@@ -4,14 +4,11 @@
 use aya_ebpf::programs::SockAddrContext;
 use sluice_common::{counters::PEERNAME_REWRITTEN, maps::SockTag};
 
-use crate::maps::{self, SLUICE_SOCK_TAGS};
+use crate::{maps, tags};
 
 #[inline(always)]
 fn tag_of(ctx: &SockAddrContext) -> Option<&SockTag> {
-    // SAFETY: ctx.sk is the socket asked about, valid for the program's run; no create flag.
-    let tag = unsafe { SLUICE_SOCK_TAGS.get_ptr_mut(ctx) };
-    // SAFETY: null, or this socket's storage, valid while the socket is.
-    unsafe { tag.as_ref() }
+    tags::tag_of(tags::cookie_of(ctx.sock_addr.cast())).map(|t| &*t)
 }
 
 pub fn getpeername4(ctx: &SockAddrContext) {

@@ -22,7 +22,7 @@ use sluice_common::{
     steer::{Decision, Draws, decide},
 };
 
-use crate::maps::{self, SLUICE_SOCK_TAGS};
+use crate::{maps, tags};
 
 const PASS: i32 = 1;
 const REFUSE: i32 = 0;
@@ -212,7 +212,7 @@ fn steered(ctx: &SockAddrContext, vip: &VipKey, svc: &Service, backend: &Backend
 /// Records on the socket what it was steered to, for `getpeername` and the metrics hooks.
 #[inline(always)]
 fn tag(ctx: &SockAddrContext, vip: &VipKey, svc: &Service, backend: &Backend) {
-    let mut init = SockTag {
+    let init = SockTag {
         vip: vip.addr,
         vip_port: vip.port,
         version: backend.version,
@@ -223,13 +223,9 @@ fn tag(ctx: &SockAddrContext, vip: &VipKey, svc: &Service, backend: &Backend) {
         // and only when signals are on: a clock read is about 90 ns here.
         ..SockTag::default()
     };
-    // SAFETY: ctx.sk is the socket being connected, valid for the program's run.
-    let tag = unsafe { SLUICE_SOCK_TAGS.get_or_insert_ptr_mut(ctx, Some(&mut init)) };
-    if tag.is_null() {
+    // A socket that connects again (after AF_UNSPEC disconnect) gets its old tag replaced.
+    let cookie = tags::cookie_of(ctx.sock_addr.cast());
+    if cookie == 0 || !tags::set(cookie, &init) {
         maps::count(svc.id, TAG_FAILED);
-        return;
     }
-    // A socket that connects again (after AF_UNSPEC disconnect) carries an old tag.
-    // SAFETY: non-null pointer into this socket's storage.
-    unsafe { *tag = init };
 }

@@ -16,7 +16,10 @@ use sluice_common::metrics::{
     HIST_CONNECT, HIST_LIFETIME, HIST_RTT, HTTP_INCOMPLETE, RETRANSMITS, RTO_EXPIRIES,
 };
 
-use crate::metrics::{bump, metrics_of, observe, sk_ptr, tag_of};
+use crate::{
+    metrics::{bump, metrics_of, observe},
+    tags::{cookie_of, tag_of},
+};
 
 pub fn sock_ops(ctx: &SockOpsContext) {
     let op = ctx.op();
@@ -38,9 +41,7 @@ pub fn sock_ops(ctx: &SockOpsContext) {
     }
     // SAFETY: a valid context for the program's run.
     let ops = unsafe { &*ctx.ops };
-    // SAFETY: reading the context's socket pointer (may be null: checked in tag_of).
-    let sk = unsafe { ops.__bindgen_anon_2.sk };
-    let Some(tag) = tag_of(sk_ptr(sk)) else {
+    let Some(tag) = tag_of(cookie_of(ctx.ops.cast())) else {
         return;
     };
     if op == BPF_SOCK_OPS_TCP_CONNECT_CB {

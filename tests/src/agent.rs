@@ -215,6 +215,14 @@ impl Agent {
         sluice::dataplane::abi_dir(&self.pin_path).join("maps")
     }
 
+    /// Entries of the socket-tag map: the steered sockets the kernel still keeps a tag for.
+    pub fn sock_tags(&self) -> usize {
+        let path = self.maps_dir().join("SLUICE_SOCK_TAGS");
+        crate::bpftool(&["map", "dump", "pinned", &path.display().to_string()])
+            .as_array()
+            .map_or(0, Vec::len)
+    }
+
     /// Programs attached to a cgroup, as bpftool sees them.
     pub fn attached(cgroup: &Path) -> Vec<String> {
         let v = crate::bpftool(&["cgroup", "show", &cgroup.display().to_string()]);

@@ -12,10 +12,11 @@ use std::{net::SocketAddr, process::Command};
 
 pub use agent::Agent;
 
-/// Programs attached to the cgroup: connect4/6, getpeername4/6, sock_ops, skb egress/ingress.
-pub const CGROUP_PROGRAMS: usize = 7;
-/// Links a restarted agent re-adopts: the cgroup ones plus two TCP tracepoints.
-pub const ADOPTED_LINKS: usize = CGROUP_PROGRAMS + 2;
+/// Programs attached to the cgroup: connect4/6, getpeername4/6, sock_release, sock_ops, skb
+/// egress/ingress.
+pub const CGROUP_PROGRAMS: usize = 8;
+/// Links a restarted agent re-adopts: the cgroup ones plus three TCP tracepoints.
+pub const ADOPTED_LINKS: usize = CGROUP_PROGRAMS + 3;
 pub use backend::Backend;
 pub use cgroup::TestCgroup;
 

@@ -394,3 +394,72 @@ fn handshake_timeouts_retransmits_and_rtos_are_counted() {
     );
     drop(listener);
 }
+
+/// The lowest service ids keep their signals in a per-CPU array, the others in a per-CPU
+/// hash (`sluice_common::metrics::ARRAY_METRICS_SERVICES`): both count, and apart.
+#[test]
+fn services_past_the_metrics_array_count_in_the_hash() {
+    if !root_or_skip("services_past_the_metrics_array_count_in_the_hash") {
+        return;
+    }
+    let t = tag("metricshash");
+    let cg = TestCgroup::new(&t);
+    let stable = HttpBackend::start("127.0.0.1", Behaviour::default());
+    let canary = HttpBackend::start("127.0.0.1", Behaviour::default());
+    let array_services = sluice_common::metrics::ARRAY_METRICS_SERVICES;
+    // Ids go to services in configuration order, lowest free first: the first service gets
+    // id 0 (array), the last one an id past the array (hash).
+    let first = vip("127.77.9.1");
+    let mut yaml = http_service("first", first, 50.0, stable.addr, canary.addr);
+    for i in 0..array_services {
+        let filler: SocketAddr = format!("127.78.{}.{}:80", i / 250, 1 + i % 250)
+            .parse()
+            .expect("filler vip");
+        yaml += &http_service(
+            &format!("filler-{i}"),
+            filler,
+            50.0,
+            stable.addr,
+            canary.addr,
+        );
+    }
+    let last = vip("127.77.9.2");
+    yaml += &http_service("last", last, 50.0, stable.addr, canary.addr);
+    let agent = Agent::start(&t, &cg, &yaml);
+    // 258 services: ids 256 and 257 (the last filler and `last`) live in the hash, two
+    // versions each.
+    let hash = agent
+        .maps_dir()
+        .join("SLUICE_METRICS")
+        .display()
+        .to_string();
+    let entries = sluice_tests::bpftool(&["map", "dump", "pinned", &hash]);
+    assert_eq!(entries.as_array().map_or(0, Vec::len), 4, "{entries}");
+
+    let r = http_probe(Some(&cg), first, 30, &["/status/200"]);
+    assert_eq!(r.statuses.get(&200), Some(&30), "{r:?}");
+    let r = http_probe(Some(&cg), last, 40, &["/status/200", "/status/404"]);
+    assert_eq!(r.statuses.get(&200), Some(&40), "{r:?}");
+    assert_eq!(r.statuses.get(&404), Some(&40), "{r:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    let (m, _) = Scraped::fetch(agent.metrics_addr());
+    let count = |service: &str, name: &str| m.get(name, &[("service", service)]);
+    assert_eq!(count("first", "sluice_http_requests_total"), 30);
+    assert_eq!(count("first", "sluice_connections_established_total"), 30);
+    assert_eq!(count("last", "sluice_http_requests_total"), 80);
+    assert_eq!(count("last", "sluice_connections_established_total"), 40);
+    assert_eq!(
+        m.get(
+            "sluice_http_responses_total",
+            &[("service", "last"), ("code", "404")]
+        ),
+        40
+    );
+    assert_eq!(count("filler-0", "sluice_http_requests_total"), 0);
+    // Each version of the last service counted what went to it.
+    let to_canary = m.get(
+        "sluice_connections_established_total",
+        &[("service", "last"), ("version", "canary")],
+    );
+    assert!(to_canary > 0 && to_canary < 40, "50 % of 40: {to_canary}");
+}

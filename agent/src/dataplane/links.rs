@@ -12,8 +12,8 @@ use std::{
 use aya::{
     Btf,
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps,
-        links::FdLink,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock,
+        CgroupSockAddr, SockOps, links::FdLink,
     },
 };
 use sluice_common::maps::programs;
@@ -24,16 +24,18 @@ use crate::{cgroup, sys};
 /// Programs attached to the cgroup (all support `BPF_LINK_UPDATE`).
 enum CgroupHook {
     SockAddr,
+    Sock,
     SockOps,
     Skb(CgroupSkbAttachType),
 }
 
 /// (program, hook, whether it measures signals rather than steers).
-const CGROUP_PROGRAMS: [(&str, CgroupHook, bool); 7] = [
+const CGROUP_PROGRAMS: [(&str, CgroupHook, bool); 8] = [
     (programs::CONNECT4, CgroupHook::SockAddr, false),
     (programs::CONNECT6, CgroupHook::SockAddr, false),
     (programs::GETPEERNAME4, CgroupHook::SockAddr, false),
     (programs::GETPEERNAME6, CgroupHook::SockAddr, false),
+    (programs::SOCK_RELEASE, CgroupHook::Sock, false),
     (programs::SOCK_OPS, CgroupHook::SockOps, true),
     (
         programs::SKB_EGRESS,
@@ -48,9 +50,10 @@ const CGROUP_PROGRAMS: [(&str, CgroupHook, bool); 7] = [
 ];
 
 /// Tracepoint programs (tp_btf): (program, tracepoint).
-const TRACEPOINT_PROGRAMS: [(&str, &str); 2] = [
+const TRACEPOINT_PROGRAMS: [(&str, &str); 3] = [
     (programs::RESET_RECEIVED, "tcp_receive_reset"),
     (programs::RESET_SENT, "tcp_send_reset"),
+    (programs::SOCK_DESTROYED, "tcp_destroy_sock"),
 ];
 
 pub fn links_dir(pin_dir: &Path, cgroup_id: u64) -> PathBuf {
@@ -107,6 +110,7 @@ pub fn attach_or_adopt(
             CgroupHook::SockAddr => {
                 load_adopt_or_attach!(CgroupSockAddr, |p| p.attach(&cgroup_file, mode))
             }
+            CgroupHook::Sock => load_adopt_or_attach!(CgroupSock, |p| p.attach(&cgroup_file, mode)),
             CgroupHook::SockOps => load_adopt_or_attach!(SockOps, |p| p.attach(&cgroup_file, mode)),
             CgroupHook::Skb(direction) => {
                 load_adopt_or_attach!(CgroupSkb, |p| p.attach(&cgroup_file, direction, mode))

@@ -83,7 +83,7 @@ const LAYOUTS: [(&str, usize, usize); 8] = [
     (names::SERVICES, size_of::<VipKey>(), size_of::<Service>()),
     (names::SLOTS, size_of::<SlotKey>(), size_of::<Backend>()),
     (names::SEGMENTS, size_of::<SegmentKey>(), size_of::<u8>()),
-    (names::SOCK_TAGS, size_of::<i32>(), size_of::<SockTag>()),
+    (names::SOCK_TAGS, size_of::<u64>(), size_of::<SockTag>()),
     (names::STEER_COUNTERS, size_of::<u32>(), size_of::<u64>()),
     (
         names::METRICS,

@@ -243,6 +243,17 @@ pub fn markdown(r: &Value) -> String {
             verdict(x >= 0.95)
         );
     }
+    for (label, t) in [("keep-alive", ka), ("connection per request", cl)] {
+        let x = t["sluice_signals"]["ratio_to_direct"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        let _ = writeln!(
+            o,
+            "| every hook together (steering + signals) under 5 % of direct's requests/s ({label}; golden-signals issue) | {:.1} % | {} |",
+            100.0 * (1.0 - x),
+            verdict(x >= 0.95)
+        );
+    }
     let _ = writeln!(
         o,
         "| split within 3 standard deviations (sluice, 5 %) | z = {z:.2} | {} |",

@@ -1,0 +1,188 @@
+//! Socket tags (`SLUICE_SOCK_TAGS`, keyed by socket cookie) live exactly as long as they are
+//! needed: while the application holds the socket (getpeername), and with signals on until
+//! TCP is done with it (its close and resets counted); then they are gone, so the map never
+//! fills with dead sockets. Needs root.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpListener},
+    time::{Duration, Instant},
+};
+
+use sluice_tests::{
+    Agent, Backend, TestCgroup, http::Scraped, probe, root_or_skip, tag, unused_port,
+};
+
+fn vip(ip: &str) -> SocketAddr {
+    format!("{ip}:{}", unused_port(ip)).parse().expect("vip")
+}
+
+fn service(vip: SocketAddr, backend: SocketAddr) -> String {
+    format!(
+        "  - name: web\n    virtual_addresses: [\"{vip}\"]\n    stable: [{{address: \"{backend}\"}}]\n"
+    )
+}
+
+/// Waits until the agent's tag map holds `want` entries; what it last held.
+fn wait_tags(agent: &Agent, want: usize, timeout: Duration) -> usize {
+    let start = Instant::now();
+    loop {
+        let n = agent.sock_tags();
+        if n == want || start.elapsed() > timeout {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A server that greets and then keeps every connection open until dropped: a client that
+/// closes first stays in FIN_WAIT2, its connection not closed yet.
+struct Holder {
+    addr: SocketAddr,
+    held: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Holder {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind holder");
+        let addr = listener.local_addr().expect("holder addr");
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = held.clone();
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                let _ = s.write_all(b"holder\n");
+                keep.lock().expect("held").push(s);
+            }
+        });
+        Self { addr, held }
+    }
+
+    /// Closes every connection it holds (each sends its FIN).
+    fn release_all(&self) {
+        self.held.lock().expect("held").clear();
+    }
+}
+
+/// A client in `cg` that connects to `vip`, reads the greeting and holds the connection
+/// until killed.
+fn held_client(cg: &TestCgroup, vip: SocketAddr) -> std::process::Child {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-probe"))
+        .arg("--cgroup")
+        .arg(cg.path())
+        .args(["--connect", &vip.to_string(), "--hold"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("hold probe");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("greeting");
+    assert!(line.contains("holder"), "{line}");
+    child
+}
+
+fn closed(agent: &Agent) -> u64 {
+    let (m, _) = Scraped::fetch(agent.metrics_addr());
+    m.get("sluice_connections_closed_total", &[("service", "web")])
+}
+
+#[test]
+fn tags_go_when_sockets_are_released_with_steering_only() {
+    if !root_or_skip("tags_go_when_sockets_are_released_with_steering_only") {
+        return;
+    }
+    let t = tag("tagsteer");
+    let cg = TestCgroup::new(&t);
+    let (backend, holder) = (Backend::start("127.0.0.1", "stable"), Holder::start());
+    let (busy, held) = (vip("127.77.8.1"), vip("127.77.8.2"));
+    let yaml = service(busy, backend.addr) + &service(held, holder.addr).replace("web", "held");
+    let mut agent = Agent::start(&t, &cg, &yaml);
+    agent.write_raw_config(
+        &agent
+            .config_text(&cg, &yaml)
+            .replace("services:\n", "signals: false\nservices:\n"),
+    );
+    agent.kill9();
+    agent.spawn();
+
+    let r = probe(Some(&cg), busy, 2_000);
+    assert_eq!(r.total(), 2_000, "{r:?}");
+    assert_eq!(
+        r.peer_vip, 2_000,
+        "getpeername saw the virtual address: {r:?}"
+    );
+    assert_eq!(wait_tags(&agent, 0, Duration::from_secs(5)), 0);
+
+    // A held socket keeps its tag; released, it loses it at once, though TCP has not
+    // closed the connection (the server still holds its end: FIN_WAIT2).
+    let mut client = held_client(&cg, held);
+    assert_eq!(agent.sock_tags(), 1);
+    client.kill().expect("kill the client");
+    client.wait().expect("client exit");
+    assert_eq!(wait_tags(&agent, 0, Duration::from_secs(5)), 0);
+    holder.release_all();
+}
+
+#[test]
+fn with_signals_a_tag_outlives_the_release_until_tcp_is_done() {
+    if !root_or_skip("with_signals_a_tag_outlives_the_release") {
+        return;
+    }
+    let t = tag("tagsignals");
+    let cg = TestCgroup::new(&t);
+    let backend = Backend::start("127.0.0.1", "stable");
+    let web = vip("127.77.8.3");
+    let refused = vip("127.77.8.4");
+    let nobody: SocketAddr = format!("127.0.0.1:{}", unused_port("127.0.0.1"))
+        .parse()
+        .expect("closed port");
+    let agent = Agent::start(
+        &t,
+        &cg,
+        &(service(web, backend.addr) + &service(refused, nobody).replace("web", "gone")),
+    );
+
+    // The probe closes each connection with linger 0: TCP sends the reset after the
+    // application has released the socket. Every one is counted, so each tag outlived its
+    // release; and none is left once TCP is done.
+    let r = probe(Some(&cg), web, 1_000);
+    assert_eq!(r.total(), 1_000, "{r:?}");
+    assert_eq!(r.peer_vip, 1_000, "{r:?}");
+    assert_eq!(wait_tags(&agent, 0, Duration::from_secs(5)), 0);
+    let (m, _) = Scraped::fetch(agent.metrics_addr());
+    assert_eq!(
+        m.get("sluice_tcp_resets_sent_total", &[("service", "web")]),
+        1_000
+    );
+    assert_eq!(closed(&agent), 1_000);
+
+    // A held connection keeps its tag; the client dies, its FIN is acknowledged, TCP is done
+    // with the socket (an orphan in FIN_WAIT2 becomes a time-wait mini socket): the close
+    // is counted and the tag goes.
+    let holder = Holder::start();
+    let held = vip("127.77.8.5");
+    agent.write_config(
+        &cg,
+        &(service(web, backend.addr)
+            + &service(refused, nobody).replace("web", "gone")
+            + &service(held, holder.addr).replace("web", "held")),
+    );
+    agent.wait_log("configuration applied", 1, Duration::from_secs(5));
+    let mut client = held_client(&cg, held);
+    assert_eq!(agent.sock_tags(), 1);
+    client.kill().expect("kill the client");
+    client.wait().expect("client exit");
+    assert_eq!(wait_tags(&agent, 0, Duration::from_secs(5)), 0);
+    let (m, _) = Scraped::fetch(agent.metrics_addr());
+    assert_eq!(
+        m.get("sluice_connections_closed_total", &[("service", "held")]),
+        1
+    );
+    holder.release_all();
+
+    // Refused connects leave no tag either.
+    let r = probe(Some(&cg), refused, 50);
+    assert_eq!(r.total(), 0, "{r:?}");
+    assert_eq!(wait_tags(&agent, 0, Duration::from_secs(5)), 0);
+}
