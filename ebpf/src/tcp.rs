@@ -90,7 +90,9 @@ pub fn sock_ops(ctx: &SockOpsContext) {
                 observe(m, HIST_LIFETIME, now.saturating_sub(tag.established_ns));
                 // srtt_us holds 8x the smoothed RTT in microseconds.
                 observe(m, HIST_RTT, u64::from(ops.srtt_us >> 3) * 1_000);
-                bump(m, BYTES_SENT, ops.bytes_acked);
+                // bytes_acked follows snd_una, which the SYN moved by one: not a byte sent.
+                // (A FIN, once acknowledged, counts one too, as in tcp_info.)
+                bump(m, BYTES_SENT, ops.bytes_acked.saturating_sub(1));
                 bump(m, BYTES_RECEIVED, ops.bytes_received);
                 if tag.outstanding != 0 {
                     tag.outstanding = 0;

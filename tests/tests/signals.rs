@@ -224,6 +224,15 @@ fn every_counter_equals_what_clients_and_servers_saw() {
             "{version}"
         );
         assert_eq!(m.get("sluice_tcp_resets_received_total", &l), 0);
+        // Each connection received the greeting line and sent nothing (tcp_sock's
+        // bytes_received and bytes_acked, read where the agent found them in BTF).
+        let greeting = greeter.name.len() as u64 + 1;
+        assert_eq!(
+            m.get("sluice_received_bytes_total", &l),
+            plain_seen.from(&greeter.name) * greeting,
+            "{version}"
+        );
+        assert_eq!(m.get("sluice_sent_bytes_total", &l), 0, "{version}");
     }
     assert_eq!(
         m.get("sluice_tcp_resets_sent_total", &[("service", "plain")]),
