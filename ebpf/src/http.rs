@@ -30,8 +30,9 @@ struct Segment {
 /// The tag of the skb's socket, if it is a steered HTTP/1.x socket.
 #[inline(always)]
 fn http_tag(ctx: &SkBuffContext) -> Option<&'static mut SockTag> {
-    // Zero for a packet without a socket. Request and time-wait sockets have cookies of their
-    // own, never tagged.
+    // Zero for a packet without a socket. A request socket's cookie is its own, never
+    // tagged; a time-wait socket inherits its full socket's, whose tag went when TCP
+    // destroyed that (or at its release).
     let tag = tag_of(cookie_of(ctx.skb.skb.cast()))?;
     (tag.http1 != 0).then_some(tag)
 }

@@ -61,15 +61,16 @@ enum Command {
         /// runs it): writes target/bench-quick/ instead.
         #[arg(long)]
         quick: bool,
-        /// Only the signal hooks' cost (issue 3's goal): HTTP rounds through direct,
-        /// steering only and steering with signals; writes target/bench-signals/.
+        /// Only the signal hooks' cost: HTTP rounds through direct, steering only and
+        /// steering with signals, keep-alive and one connection per request (about five
+        /// minutes); writes target/bench-signals/report.json.
         #[arg(long, conflicts_with = "quick")]
         signals: bool,
         /// Rounds of each way with --signals.
-        #[arg(long, default_value_t = 15, requires = "signals")]
+        #[arg(long, default_value_t = 25, requires = "signals")]
         rounds: u32,
         /// Seconds a round with --signals.
-        #[arg(long, default_value_t = 3, requires = "signals")]
+        #[arg(long, default_value_t = 2, requires = "signals")]
         seconds: u32,
     },
     /// (internal) Writes bench/report.md again from bench/report.json (after a change to the

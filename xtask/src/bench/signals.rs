@@ -1,8 +1,8 @@
-//! `cargo xtask bench --signals`: only what issue 3's cost goal needs, with more rounds than
-//! the full bench gives it. HTTP through nginx, keep-alive and one connection per request,
-//! alternating direct / steering only / steering with every signal hook, throughput with
-//! `kernel.bpf_stats_enabled` off; then one round of each with stats on for the kernel time
-//! per call. Writes target/bench-signals/report.json and prints the ratios.
+//! `cargo xtask bench --signals`: only what the golden signals' cost goal needs, with more
+//! rounds than the full bench gives it. HTTP through nginx, keep-alive and one connection
+//! per request, rotating direct / steering only / steering with every signal hook, throughput
+//! with `kernel.bpf_stats_enabled` off; then one round of each with stats on for the kernel
+//! time per call. Writes target/bench-signals/report.json and prints the ratios.
 
 use std::{collections::BTreeMap, path::PathBuf};
 
