@@ -9,7 +9,10 @@ use aya_ebpf::{
 use sluice_common::{
     MAX_SEGMENT_MEMBERS, MAX_SERVICES, MAX_SLOTS, MAX_SOCK_TAGS, MAX_VIPS,
     counters::{STEER_COUNTERS, steer_index},
-    maps::{Backend, SegmentKey, Service, SlotKey, SockTag, VIP_PORT_WORDS, VipKey, vip_port_bit},
+    maps::{
+        Backend, SegmentKey, Service, SlotKey, SockTag, TAG_FILTER_WORDS, VIP_PORT_WORDS, VipKey,
+        vip_port_bit,
+    },
     metrics::{ARRAY_METRICS_ENTRIES, Metrics, MetricsKey},
 };
 
@@ -42,6 +45,10 @@ static SLUICE_VIP_PORTS: Array<u64, { VIP_PORT_WORDS as usize }> = Array::new();
 #[btf_map]
 pub static SLUICE_SOCK_TAGS: HashMap<u64, SockTag, { MAX_SOCK_TAGS as usize }, NO_PREALLOC> =
     HashMap::new();
+
+/// Live tags by cookie bits (see `sluice_common::maps::TAG_FILTER_WORDS`): kept by `tags`.
+#[btf_map]
+pub static SLUICE_TAG_FILTER: Array<u32, { TAG_FILTER_WORDS as usize }> = Array::new();
 
 #[btf_map]
 static SLUICE_STEER_COUNTERS: PerCpuArray<u64, { (MAX_SERVICES * STEER_COUNTERS) as usize }> =

@@ -10,10 +10,13 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_get_socket_cookie};
-use sluice_common::maps::SockTag;
+use aya_ebpf::{
+    bindings::{BPF_EXIST, BPF_NOEXIST},
+    helpers::bpf_get_socket_cookie,
+};
+use sluice_common::maps::{SockTag, tag_filter_slot};
 
-use crate::maps::SLUICE_SOCK_TAGS;
+use crate::maps::{SLUICE_SOCK_TAGS, SLUICE_TAG_FILTER};
 
 /// The cookie of the socket of a context (or of a kernel socket pointer in tracing
 /// programs): the kernel gives each socket one on first use, unique while the machine runs.
@@ -25,10 +28,11 @@ pub fn cookie_of(ctx_or_sk: *mut c_void) -> u64 {
     unsafe { bpf_get_socket_cookie(ctx_or_sk) }
 }
 
-/// The tag of the socket with this cookie, if it was steered.
+/// The tag of the socket with this cookie, if it was steered. The filter comes first: for
+/// most sockets that are not sluice's it answers alone.
 #[inline(always)]
 pub fn tag_of(cookie: u64) -> Option<&'static mut SockTag> {
-    if cookie == 0 {
+    if cookie == 0 || !may_be_tagged(cookie) {
         return None;
     }
     // SAFETY: a map value is valid memory for the program's run. A removed entry may be
@@ -39,17 +43,58 @@ pub fn tag_of(cookie: u64) -> Option<&'static mut SockTag> {
         .and_then(|p| unsafe { p.as_mut() })
 }
 
-/// Writes a socket's tag; false when the map is full.
+/// Whether the cookie's counter in the filter is non-zero.
 #[inline(always)]
-pub fn set(cookie: u64, tag: &SockTag) -> bool {
-    SLUICE_SOCK_TAGS
-        .insert(cookie, tag, u64::from(BPF_ANY))
-        .is_ok()
+fn may_be_tagged(cookie: u64) -> bool {
+    let (word, one) = tag_filter_slot(cookie);
+    // A 16-bit counter is never above 0xffff: it would take that many live tags on one
+    // counter, and there are at most MAX_SOCK_TAGS / 8192 on average.
+    SLUICE_TAG_FILTER
+        .get(word)
+        .is_some_and(|w| w & (one * 0xffff) != 0)
 }
 
-/// The socket is done: its tag goes.
+/// Adds `delta` (one tag, or minus one as its two's complement) to the cookie's counter.
+#[inline(always)]
+fn filter_add(cookie: u64, delta: u32) {
+    let (word, _) = tag_filter_slot(cookie);
+    if let Some(w) = SLUICE_TAG_FILTER.get_ptr_mut(word) {
+        // SAFETY: a valid, aligned map value for the program's run.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                w, delta,
+            )
+        };
+    }
+}
+
+/// Writes a socket's tag; false when the map is full. A new tag is counted in the filter
+/// after it is in the map, so a lookup that passes the filter finds it.
+#[inline(always)]
+pub fn set(cookie: u64, tag: &SockTag) -> bool {
+    // A socket that connects again (after AF_UNSPEC) has a tag and its count already.
+    if SLUICE_SOCK_TAGS
+        .insert(cookie, tag, u64::from(BPF_EXIST))
+        .is_ok()
+    {
+        return true;
+    }
+    if SLUICE_SOCK_TAGS
+        .insert(cookie, tag, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        return false;
+    }
+    filter_add(cookie, tag_filter_slot(cookie).1);
+    true
+}
+
+/// The socket is done: its tag goes, and then its count.
 #[inline(always)]
 pub fn forget(cookie: u64) {
-    // Absent already is fine (a tag removed by the release, then the destroy).
-    let _ = SLUICE_SOCK_TAGS.remove(cookie);
+    // Absent already (removed by the release, then looked for by the destroy): no count to
+    // take back.
+    if SLUICE_SOCK_TAGS.remove(cookie).is_ok() {
+        filter_add(cookie, tag_filter_slot(cookie).1.wrapping_neg());
+    }
 }

@@ -215,6 +215,36 @@ impl Agent {
         sluice::dataplane::abi_dir(&self.pin_path).join("maps")
     }
 
+    /// The live tags the kernel's filter counts (`SLUICE_TAG_FILTER`: two 16-bit counters a
+    /// word). It must always equal [`Agent::sock_tags`].
+    pub fn tag_filter_count(&self) -> u64 {
+        let path = self.maps_dir().join("SLUICE_TAG_FILTER");
+        let dump = crate::bpftool(&["map", "dump", "pinned", &path.display().to_string()]);
+        dump.as_array()
+            .expect("array dump")
+            .iter()
+            .map(|e| {
+                let v = &e["value"];
+                let word = v.as_u64().unwrap_or_else(|| {
+                    // Without BTF formatting: little-endian hex bytes.
+                    v.as_array()
+                        .expect("value bytes")
+                        .iter()
+                        .rev()
+                        .map(|b| {
+                            u64::from_str_radix(
+                                b.as_str().expect("hex").trim_start_matches("0x"),
+                                16,
+                            )
+                            .expect("hex byte")
+                        })
+                        .fold(0, |acc, b| acc << 8 | b)
+                });
+                (word & 0xffff) + (word >> 16)
+            })
+            .sum()
+    }
+
     /// Entries of the socket-tag map: the steered sockets the kernel still keeps a tag for.
     pub fn sock_tags(&self) -> usize {
         let path = self.maps_dir().join("SLUICE_SOCK_TAGS");

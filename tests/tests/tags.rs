@@ -113,14 +113,25 @@ fn tags_go_when_sockets_are_released_with_steering_only() {
         "getpeername saw the virtual address: {r:?}"
     );
     assert_eq!(wait_tags(&agent, 0, Duration::from_secs(5)), 0);
+    assert_eq!(
+        agent.tag_filter_count(),
+        0,
+        "the filter counts what the map holds"
+    );
 
     // A held socket keeps its tag; released, it loses it at once, though TCP has not
     // closed the connection (the server still holds its end: FIN_WAIT2).
     let mut client = held_client(&cg, held);
     assert_eq!(agent.sock_tags(), 1);
+    assert_eq!(agent.tag_filter_count(), 1);
     client.kill().expect("kill the client");
     client.wait().expect("client exit");
     assert_eq!(wait_tags(&agent, 0, Duration::from_secs(5)), 0);
+    assert_eq!(
+        agent.tag_filter_count(),
+        0,
+        "the filter counts what the map holds"
+    );
     holder.release_all();
 }
 
@@ -150,6 +161,11 @@ fn with_signals_a_tag_outlives_the_release_until_tcp_is_done() {
     assert_eq!(r.total(), 1_000, "{r:?}");
     assert_eq!(r.peer_vip, 1_000, "{r:?}");
     assert_eq!(wait_tags(&agent, 0, Duration::from_secs(5)), 0);
+    assert_eq!(
+        agent.tag_filter_count(),
+        0,
+        "the filter counts what the map holds"
+    );
     let (m, _) = Scraped::fetch(agent.metrics_addr());
     assert_eq!(
         m.get("sluice_tcp_resets_sent_total", &[("service", "web")]),
@@ -171,9 +187,15 @@ fn with_signals_a_tag_outlives_the_release_until_tcp_is_done() {
     agent.wait_log("configuration applied", 1, Duration::from_secs(5));
     let mut client = held_client(&cg, held);
     assert_eq!(agent.sock_tags(), 1);
+    assert_eq!(agent.tag_filter_count(), 1);
     client.kill().expect("kill the client");
     client.wait().expect("client exit");
     assert_eq!(wait_tags(&agent, 0, Duration::from_secs(5)), 0);
+    assert_eq!(
+        agent.tag_filter_count(),
+        0,
+        "the filter counts what the map holds"
+    );
     let (m, _) = Scraped::fetch(agent.metrics_addr());
     assert_eq!(
         m.get("sluice_connections_closed_total", &[("service", "held")]),
@@ -185,4 +207,9 @@ fn with_signals_a_tag_outlives_the_release_until_tcp_is_done() {
     let r = probe(Some(&cg), refused, 50);
     assert_eq!(r.total(), 0, "{r:?}");
     assert_eq!(wait_tags(&agent, 0, Duration::from_secs(5)), 0);
+    assert_eq!(
+        agent.tag_filter_count(),
+        0,
+        "the filter counts what the map holds"
+    );
 }

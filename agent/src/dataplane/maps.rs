@@ -79,11 +79,12 @@ impl Maps {
 }
 
 /// (name, key size, value size) of each pinned map: checked before adopting a pin.
-const LAYOUTS: [(&str, usize, usize); 8] = [
+const LAYOUTS: [(&str, usize, usize); 9] = [
     (names::SERVICES, size_of::<VipKey>(), size_of::<Service>()),
     (names::SLOTS, size_of::<SlotKey>(), size_of::<Backend>()),
     (names::SEGMENTS, size_of::<SegmentKey>(), size_of::<u8>()),
     (names::SOCK_TAGS, size_of::<u64>(), size_of::<SockTag>()),
+    (names::TAG_FILTER, size_of::<u32>(), size_of::<u32>()),
     (names::STEER_COUNTERS, size_of::<u32>(), size_of::<u64>()),
     (
         names::METRICS,
