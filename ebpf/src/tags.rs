@@ -72,10 +72,12 @@ fn filter_add(cookie: u64, delta: u32) {
 /// after it is in the map, so a lookup that passes the filter finds it.
 #[inline(always)]
 pub fn set(cookie: u64, tag: &SockTag) -> bool {
-    // A socket that connects again (after AF_UNSPEC) has a tag and its count already.
-    if SLUICE_SOCK_TAGS
-        .insert(cookie, tag, u64::from(BPF_EXIST))
-        .is_ok()
+    // A socket that connects again (after AF_UNSPEC) has a tag and its count already. A new
+    // socket's counter is mostly zero: then there is no tag to replace, one update fewer.
+    if may_be_tagged(cookie)
+        && SLUICE_SOCK_TAGS
+            .insert(cookie, tag, u64::from(BPF_EXIST))
+            .is_ok()
     {
         return true;
     }
