@@ -143,6 +143,32 @@ pub fn full_listener(ip: std::net::Ipv4Addr) -> (std::net::TcpListener, std::net
     (listener, filler)
 }
 
+/// A probe in `cgroup` holding one connection to `target` (`--hold`): it prints the backend
+/// that answered (the first line, returned here), then waits for a line on its stdin, sends
+/// one more request on the same connection and prints who answered that.
+pub fn hold_probe(
+    cgroup: &TestCgroup,
+    target: SocketAddr,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+    String,
+) {
+    use std::io::BufRead as _;
+    let mut child = Command::new(probe_bin())
+        .arg("--cgroup")
+        .arg(cgroup.path())
+        .args(["--connect", &target.to_string(), "--hold"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("hold probe");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("first line");
+    (child, out, line)
+}
+
 /// Runs the probe: joins `cgroup` (if any), makes `count` connections to `target`.
 pub fn probe(cgroup: Option<&TestCgroup>, target: SocketAddr, count: u64) -> ProbeResult {
     let v = run_probe(cgroup, target, count, &[]);

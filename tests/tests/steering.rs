@@ -197,7 +197,7 @@ fn share_change_reaches_the_next_connection_and_open_ones_stay() {
     if !root_or_skip("share_change_reaches_the_next_connection") {
         return;
     }
-    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::io::{BufRead as _, Write as _};
     let t = tag("change");
     let cg = TestCgroup::new(&t);
     let (stable, canary) = (
@@ -208,17 +208,7 @@ fn share_change_reaches_the_next_connection_and_open_ones_stay() {
     let vip = vip("127.77.1.5");
     let agent = Agent::start(&t, &cg, &service("web", vip, 0.0, &[&stable], &[&canary]));
 
-    let mut hold = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-probe"))
-        .arg("--cgroup")
-        .arg(cg.path())
-        .args(["--connect", &vip.to_string(), "--hold"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("hold probe");
-    let mut out = BufReader::new(hold.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("first line");
+    let (mut hold, mut out, mut line) = sluice_tests::hold_probe(&cg, vip);
     assert!(
         line.contains("\"stable\""),
         "held connection started on stable: {line}"

@@ -4,35 +4,38 @@
 //! fills with dead sockets. Needs root.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::Write as _,
     net::{SocketAddr, TcpListener},
     time::{Duration, Instant},
 };
 
 use sluice_tests::{
-    Agent, Backend, TestCgroup, http::Scraped, probe, root_or_skip, tag, unused_port,
+    Agent, Backend, TestCgroup, hold_probe, http::Scraped, probe, root_or_skip, tag, unused_port,
 };
 
 fn vip(ip: &str) -> SocketAddr {
     format!("{ip}:{}", unused_port(ip)).parse().expect("vip")
 }
 
-fn service(vip: SocketAddr, backend: SocketAddr) -> String {
+fn service(name: &str, vip: SocketAddr, backend: SocketAddr) -> String {
     format!(
-        "  - name: web\n    virtual_addresses: [\"{vip}\"]\n    stable: [{{address: \"{backend}\"}}]\n"
+        "  - name: {name}\n    virtual_addresses: [\"{vip}\"]\n    stable: [{{address: \"{backend}\"}}]\n"
     )
 }
 
-/// Waits until the agent's tag map holds `want` entries; what it last held.
-fn wait_tags(agent: &Agent, want: usize, timeout: Duration) -> usize {
+/// Waits (up to 5 s: a connection's last packets may still be on their way) until the
+/// agent's tag map is empty, and checks that the filter counts exactly that.
+fn assert_tags_gone(agent: &Agent) {
     let start = Instant::now();
-    loop {
-        let n = agent.sock_tags();
-        if n == want || start.elapsed() > timeout {
-            return n;
-        }
+    while agent.sock_tags() != 0 && start.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert_eq!(agent.sock_tags(), 0, "tags left behind");
+    assert_eq!(
+        agent.tag_filter_count(),
+        0,
+        "the filter counts what the map holds"
+    );
 }
 
 /// A server that greets and then keeps every connection open until dropped: a client that
@@ -63,28 +66,19 @@ impl Holder {
     }
 }
 
-/// A client in `cg` that connects to `vip`, reads the greeting and holds the connection
-/// until killed.
-fn held_client(cg: &TestCgroup, vip: SocketAddr) -> std::process::Child {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-probe"))
-        .arg("--cgroup")
-        .arg(cg.path())
-        .args(["--connect", &vip.to_string(), "--hold"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("hold probe");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("greeting");
-    assert!(line.contains("holder"), "{line}");
-    child
+/// A client in `cg` holds a connection to `vip` (its one tag counted), then dies.
+fn hold_then_kill(agent: &Agent, cg: &TestCgroup, vip: SocketAddr) {
+    let (mut client, _out, greeting) = hold_probe(cg, vip);
+    assert!(greeting.contains("holder"), "{greeting}");
+    assert_eq!(agent.sock_tags(), 1);
+    assert_eq!(agent.tag_filter_count(), 1);
+    client.kill().expect("kill the client");
+    client.wait().expect("client exit");
 }
 
-fn closed(agent: &Agent) -> u64 {
+fn closed(agent: &Agent, service: &str) -> u64 {
     let (m, _) = Scraped::fetch(agent.metrics_addr());
-    m.get("sluice_connections_closed_total", &[("service", "web")])
+    m.get("sluice_connections_closed_total", &[("service", service)])
 }
 
 #[test]
@@ -96,7 +90,7 @@ fn tags_go_when_sockets_are_released_with_steering_only() {
     let cg = TestCgroup::new(&t);
     let (backend, holder) = (Backend::start("127.0.0.1", "stable"), Holder::start());
     let (busy, held) = (vip("127.77.8.1"), vip("127.77.8.2"));
-    let yaml = service(busy, backend.addr) + &service(held, holder.addr).replace("web", "held");
+    let yaml = service("web", busy, backend.addr) + &service("held", held, holder.addr);
     let mut agent = Agent::start(&t, &cg, &yaml);
     agent.write_raw_config(
         &agent
@@ -112,26 +106,12 @@ fn tags_go_when_sockets_are_released_with_steering_only() {
         r.peer_vip, 2_000,
         "getpeername saw the virtual address: {r:?}"
     );
-    assert_eq!(wait_tags(&agent, 0, Duration::from_secs(5)), 0);
-    assert_eq!(
-        agent.tag_filter_count(),
-        0,
-        "the filter counts what the map holds"
-    );
+    assert_tags_gone(&agent);
 
-    // A held socket keeps its tag; released, it loses it at once, though TCP has not
-    // closed the connection (the server still holds its end: FIN_WAIT2).
-    let mut client = held_client(&cg, held);
-    assert_eq!(agent.sock_tags(), 1);
-    assert_eq!(agent.tag_filter_count(), 1);
-    client.kill().expect("kill the client");
-    client.wait().expect("client exit");
-    assert_eq!(wait_tags(&agent, 0, Duration::from_secs(5)), 0);
-    assert_eq!(
-        agent.tag_filter_count(),
-        0,
-        "the filter counts what the map holds"
-    );
+    // A held socket keeps its tag; released, it loses it at the release, though TCP has not
+    // closed the connection yet (the server still holds its end).
+    hold_then_kill(&agent, &cg, held);
+    assert_tags_gone(&agent);
     holder.release_all();
 }
 
@@ -151,7 +131,7 @@ fn with_signals_a_tag_outlives_the_release_until_tcp_is_done() {
     let agent = Agent::start(
         &t,
         &cg,
-        &(service(web, backend.addr) + &service(refused, nobody).replace("web", "gone")),
+        &(service("web", web, backend.addr) + &service("gone", refused, nobody)),
     );
 
     // The probe closes each connection with linger 0: TCP sends the reset after the
@@ -160,18 +140,13 @@ fn with_signals_a_tag_outlives_the_release_until_tcp_is_done() {
     let r = probe(Some(&cg), web, 1_000);
     assert_eq!(r.total(), 1_000, "{r:?}");
     assert_eq!(r.peer_vip, 1_000, "{r:?}");
-    assert_eq!(wait_tags(&agent, 0, Duration::from_secs(5)), 0);
-    assert_eq!(
-        agent.tag_filter_count(),
-        0,
-        "the filter counts what the map holds"
-    );
+    assert_tags_gone(&agent);
     let (m, _) = Scraped::fetch(agent.metrics_addr());
     assert_eq!(
         m.get("sluice_tcp_resets_sent_total", &[("service", "web")]),
         1_000
     );
-    assert_eq!(closed(&agent), 1_000);
+    assert_eq!(closed(&agent, "web"), 1_000);
 
     // A held connection keeps its tag; the client dies, its FIN is acknowledged, TCP is done
     // with the socket (an orphan in FIN_WAIT2 becomes a time-wait mini socket): the close
@@ -180,36 +155,18 @@ fn with_signals_a_tag_outlives_the_release_until_tcp_is_done() {
     let held = vip("127.77.8.5");
     agent.write_config(
         &cg,
-        &(service(web, backend.addr)
-            + &service(refused, nobody).replace("web", "gone")
-            + &service(held, holder.addr).replace("web", "held")),
+        &(service("web", web, backend.addr)
+            + &service("gone", refused, nobody)
+            + &service("held", held, holder.addr)),
     );
     agent.wait_log("configuration applied", 1, Duration::from_secs(5));
-    let mut client = held_client(&cg, held);
-    assert_eq!(agent.sock_tags(), 1);
-    assert_eq!(agent.tag_filter_count(), 1);
-    client.kill().expect("kill the client");
-    client.wait().expect("client exit");
-    assert_eq!(wait_tags(&agent, 0, Duration::from_secs(5)), 0);
-    assert_eq!(
-        agent.tag_filter_count(),
-        0,
-        "the filter counts what the map holds"
-    );
-    let (m, _) = Scraped::fetch(agent.metrics_addr());
-    assert_eq!(
-        m.get("sluice_connections_closed_total", &[("service", "held")]),
-        1
-    );
+    hold_then_kill(&agent, &cg, held);
+    assert_tags_gone(&agent);
+    assert_eq!(closed(&agent, "held"), 1);
     holder.release_all();
 
     // Refused connects leave no tag either.
     let r = probe(Some(&cg), refused, 50);
     assert_eq!(r.total(), 0, "{r:?}");
-    assert_eq!(wait_tags(&agent, 0, Duration::from_secs(5)), 0);
-    assert_eq!(
-        agent.tag_filter_count(),
-        0,
-        "the filter counts what the map holds"
-    );
+    assert_tags_gone(&agent);
 }

@@ -92,11 +92,7 @@ const WRK_CONNECTIONS: u32 = 8;
 pub const PARALLEL: u32 = 4;
 
 pub fn bench(quick: bool) -> anyhow::Result<()> {
-    if !crate::util::is_root() {
-        anyhow::bail!(
-            "the bench attaches kernel programs and makes a network namespace: run it as root"
-        );
-    }
+    require_root()?;
     install()?;
     let (sluice, probe) = crate::util::build_release_binaries()?;
     let root = workspace_root();
@@ -108,26 +104,8 @@ pub fn bench(quick: bool) -> anyhow::Result<()> {
     let versions = versions()?;
     let plan = Plan::new(quick);
     let started = Instant::now();
-
-    let interrupted = Arc::new(AtomicBool::new(false));
-    // Before any thread starts: the namespace is entered by this thread alone, and every
-    // thread and process started later inherits it.
-    let mut env = BenchEnv::enter(interrupted.clone())?;
-    let flag = interrupted.clone();
-    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-    let stats_before = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
-    // Results fill in as the phases run: a failed or interrupted run still reports what it
-    // measured, and why it stopped.
-    let mut results = json!({});
-    let outcome = (|| {
-        set_stats(false)?;
-        measure_all(&mut env, &plan, &sluice, &probe, &mut results)
-    })();
-    let _ = std::fs::write(STATS, stats_before.trim());
-    drop(env);
-    if let Err(e) = &outcome {
-        results["error"] = json!(format!("{e:#}"));
-    }
+    let (mut results, outcome, interrupted) =
+        in_bench_env(|env, results| measure_all(env, &plan, &sluice, &probe, results))?;
     results["versions"] = versions;
     results["machine"] = machine();
     results["quick"] = json!(quick);
@@ -151,10 +129,59 @@ pub fn bench(quick: bool) -> anyhow::Result<()> {
     if quick {
         smoke_check(&results, &plan)?;
     }
-    if interrupted.load(Ordering::SeqCst) {
+    if interrupted {
         anyhow::bail!("interrupted");
     }
     Ok(())
+}
+
+fn require_root() -> anyhow::Result<()> {
+    if !crate::util::is_root() {
+        anyhow::bail!(
+            "the bench attaches kernel programs and makes a network namespace: run it as root"
+        );
+    }
+    Ok(())
+}
+
+/// Runs `measure` in the bench's own network namespace with kernel.bpf_stats_enabled off,
+/// then restores the setting and removes every process, cgroup and pin the bench made,
+/// whatever happened. Returns what `measure` filled in (with the error, if any, under
+/// "error": a failed or interrupted run still reports what it measured), its outcome, and
+/// whether Ctrl-C interrupted it.
+fn in_bench_env(
+    measure: impl FnOnce(&mut BenchEnv, &mut Value) -> anyhow::Result<()>,
+) -> anyhow::Result<(Value, anyhow::Result<()>, bool)> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    // Before any thread starts: the namespace is entered by this thread alone, and every
+    // thread and process started later inherits it.
+    let mut env = BenchEnv::enter(interrupted.clone())?;
+    let flag = interrupted.clone();
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    let stats_before = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
+    let mut results = json!({});
+    let outcome = set_stats(false).and_then(|()| measure(&mut env, &mut results));
+    let _ = std::fs::write(STATS, stats_before.trim());
+    drop(env);
+    if let Err(e) = &outcome {
+        results["error"] = json!(format!("{e:#}"));
+    }
+    Ok((results, outcome, interrupted.load(Ordering::SeqCst)))
+}
+
+/// The client cgroup of each way: each sluice agent's own, and one for every other path.
+fn client_cgroups(
+    env: &mut BenchEnv,
+    steer: &Agent,
+    signals: &Agent,
+) -> anyhow::Result<impl Fn(Way) -> PathBuf + use<>> {
+    let (steer, signals) = (steer.cgroup.clone(), signals.cgroup.clone());
+    let other = env.cgroup("sluice-bench-client")?;
+    Ok(move |w: Way| match w {
+        Way::SluiceSteering => steer.clone(),
+        Way::SluiceSignals => signals.clone(),
+        _ => other.clone(),
+    })
 }
 
 fn measure_all(
@@ -191,14 +218,8 @@ fn measure_all(
             .with_context(|| format!("reading back {file}"))?;
         results["setup"][file] = json!(text);
     }
-    let other = env.cgroup("sluice-bench-client")?;
-    let cgroup = |w: Way| -> PathBuf {
-        match w {
-            Way::SluiceSteering => steer.cgroup.clone(),
-            Way::SluiceSignals => signals.cgroup.clone(),
-            _ => other.clone(),
-        }
-    };
+    let cgroup = client_cgroups(env, &steer, &signals)?;
+    let other = cgroup(Way::Direct);
     let mut cost = Cost::new();
 
     eprintln!("bench: agents idle for {} s", plan.idle_seconds);

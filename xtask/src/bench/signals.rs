@@ -4,14 +4,14 @@
 //! with `kernel.bpf_stats_enabled` off; then one round of each with stats on for the kernel
 //! time per call. Writes target/bench-signals/report.json and prints the ratios.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
 use super::{
-    Cost, STATS, WRK_CONNECTIONS, agents::Agent, costed, env::BenchEnv, paths, paths::Way, per_way,
-    runs, set_stats,
+    Cost, WRK_CONNECTIONS, agents::Agent, costed, env::BenchEnv, paths, paths::Way, per_way, runs,
+    set_stats,
 };
 use crate::util::workspace_root;
 
@@ -19,23 +19,11 @@ const WAYS: [Way; 3] = [Way::Direct, Way::SluiceSteering, Way::SluiceSignals];
 const KINDS: [(&str, bool); 2] = [("keep_alive", false), ("connection_per_request", true)];
 
 pub fn run(rounds: u32, seconds: u32) -> anyhow::Result<()> {
+    super::require_root()?;
     super::install()?;
     let (sluice, _probe) = crate::util::build_release_binaries()?;
-    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut env = BenchEnv::enter(interrupted.clone())?;
-    let flag = interrupted.clone();
-    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
-    let stats_before = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
-    let mut results = json!({});
-    let outcome = (|| {
-        set_stats(false)?;
-        measure(&mut env, &sluice, rounds, seconds, &mut results)
-    })();
-    let _ = std::fs::write(STATS, stats_before.trim());
-    drop(env);
-    if let Err(e) = &outcome {
-        results["error"] = json!(format!("{e:#}"));
-    }
+    let (mut results, outcome, interrupted) =
+        super::in_bench_env(|env, results| measure(env, &sluice, rounds, seconds, results))?;
     results["rounds"] = json!(rounds);
     results["seconds_per_round"] = json!(seconds);
     let dir = workspace_root().join("target/bench-signals");
@@ -46,7 +34,11 @@ pub fn run(rounds: u32, seconds: u32) -> anyhow::Result<()> {
     )?;
     print_summary(&results);
     println!("bench: wrote {}", dir.join("report.json").display());
-    outcome
+    outcome?;
+    if interrupted {
+        anyhow::bail!("interrupted");
+    }
+    Ok(())
 }
 
 fn measure(
@@ -60,14 +52,7 @@ fn measure(
     let nginx = paths::start_nginx(env)?;
     let steer = Agent::start(env, sluice, "steer", false)?;
     let signals = Agent::start(env, sluice, "signals", true)?;
-    let other = env.cgroup("sluice-bench-client")?;
-    let cgroup = |w: Way| -> PathBuf {
-        match w {
-            Way::SluiceSteering => steer.cgroup.clone(),
-            Way::SluiceSignals => signals.cgroup.clone(),
-            _ => other.clone(),
-        }
-    };
+    let cgroup = super::client_cgroups(env, &steer, &signals)?;
     for (kind, close) in KINDS {
         eprintln!("bench: HTTP {kind}, {rounds} rounds of {seconds} s a way");
         let mut by_way: BTreeMap<Way, Vec<Value>> = BTreeMap::new();
