@@ -216,6 +216,10 @@ fn reload(
         ),
         ("signals", next.signals != current.signals),
         ("state_path", next.state_path != current.state_path),
+        (
+            "socket_tag_slots",
+            next.socket_tag_slots != current.socket_tag_slots,
+        ),
     ] {
         if changed {
             tracing::error!(

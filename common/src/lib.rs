@@ -12,7 +12,7 @@ pub mod metrics;
 pub mod steer;
 
 /// Version of the pinned-map layout. An agent refuses to adopt pins made with another one.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Most services one node can steer. Service ids index per-CPU counter arrays.
 pub const MAX_SERVICES: u32 = 16_384;
@@ -26,9 +26,9 @@ pub const MAX_SLOTS: u32 = 1 << 20;
 /// Slots one version of one service may use (per-backend weights are slot counts).
 pub const MAX_SLOTS_PER_VERSION: u32 = 4_096;
 
-/// Steered sockets alive at once (tags in `SLUICE_SOCK_TAGS`). A connect beyond it is
-/// still steered, but counted as `tag_failed`: `getpeername` then shows the backend and the
-/// signal hooks do not see the connection.
+/// Steered sockets alive at once whose slot in `SLUICE_TAG_SLOTS` was taken (tags in
+/// `SLUICE_SOCK_TAGS`). A connect beyond it is still steered, but counted as `tag_failed`:
+/// `getpeername` then shows the backend and the signal hooks do not see the connection.
 pub const MAX_SOCK_TAGS: u32 = 262_144;
 
 /// (service, client cgroup) pairs allowed to reach a canary.

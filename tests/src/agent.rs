@@ -245,12 +245,46 @@ impl Agent {
             .sum()
     }
 
-    /// Entries of the socket-tag map: the steered sockets the kernel still keeps a tag for.
+    /// The steered sockets the kernel still keeps a tag for, in their slot or in the hash.
     pub fn sock_tags(&self) -> usize {
+        self.tags_in_slots() + self.tags_in_hash()
+    }
+
+    /// Held slots of `SLUICE_TAG_SLOTS`, read directly (a bpftool dump of 65 536 slots takes
+    /// seconds).
+    pub fn tags_in_slots(&self) -> usize {
+        let data = aya::maps::MapData::from_pin(self.maps_dir().join("SLUICE_TAG_SLOTS"))
+            .expect("tag slots");
+        let slots: aya::maps::Array<_, sluice_common::maps::TagSlot> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("tag slots array");
+        slots
+            .iter()
+            .map(|s| s.expect("read a tag slot"))
+            .filter(|s| s.cookie != 0)
+            .count()
+    }
+
+    /// Entries of `SLUICE_SOCK_TAGS`: tags whose slot another live socket holds.
+    pub fn tags_in_hash(&self) -> usize {
         let path = self.maps_dir().join("SLUICE_SOCK_TAGS");
         crate::bpftool(&["map", "dump", "pinned", &path.display().to_string()])
             .as_array()
             .map_or(0, Vec::len)
+    }
+
+    /// Runs `sluice run` on the current config file, expecting it to refuse to start: its exit
+    /// status and its log. Leaves `self`'s own process (if any) alone.
+    pub fn run_expecting_refusal(&self) -> (std::process::ExitStatus, String) {
+        let out = Command::new(sluice_bin())
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("sluice run");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Programs attached to a cgroup, as bpftool sees them.

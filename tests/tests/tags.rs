@@ -1,7 +1,8 @@
-//! Socket tags (`SLUICE_SOCK_TAGS`, keyed by socket cookie) live exactly as long as they are
-//! needed: while the application holds the socket (getpeername), and with signals on until
-//! TCP is done with it (its close and resets counted); then they are gone, so the map never
-//! fills with dead sockets. Needs root.
+//! Socket tags (keyed by socket cookie: a slot of `SLUICE_TAG_SLOTS`, or `SLUICE_SOCK_TAGS`
+//! when a live socket holds that slot) live exactly as long as they are needed: while the
+//! application holds the socket (getpeername), and with signals on until TCP is done with it
+//! (its close and resets counted); then they are gone, so the maps never fill with dead
+//! sockets. Needs root.
 
 use std::{
     io::Write as _,
@@ -169,4 +170,114 @@ fn with_signals_a_tag_outlives_the_release_until_tcp_is_done() {
     let r = probe(Some(&cg), refused, 50);
     assert_eq!(r.total(), 0, "{r:?}");
     assert_tags_gone(&agent);
+}
+
+#[test]
+fn tags_whose_slot_is_held_live_in_the_hash_and_work_the_same() {
+    if !root_or_skip("tags_whose_slot_is_held_live_in_the_hash") {
+        return;
+    }
+    let t = tag("tagoverflow");
+    let cg = TestCgroup::new(&t);
+    let (backend, holder) = (Backend::start("127.0.0.1", "stable"), Holder::start());
+    let (web, held) = (vip("127.77.8.6"), vip("127.77.8.7"));
+    let yaml = service("web", web, backend.addr) + &service("held", held, holder.addr);
+    // One slot: the first held connection takes it, every other tag goes to the hash.
+    let mut agent = Agent::start(&t, &cg, &yaml);
+    agent.write_raw_config(
+        &agent
+            .config_text(&cg, &yaml)
+            .replace("services:\n", "socket_tag_slots: 1\nservices:\n"),
+    );
+    agent.kill9();
+    std::fs::remove_dir_all(agent.maps_dir().parent().expect("abi dir")).expect("fresh pins");
+    agent.spawn();
+
+    let (mut first, _out1, greeting) = hold_probe(&cg, held);
+    assert!(greeting.contains("holder"), "{greeting}");
+    let (mut second, _out2, greeting) = hold_probe(&cg, held);
+    assert!(greeting.contains("holder"), "{greeting}");
+    assert_eq!((agent.tags_in_slots(), agent.tags_in_hash()), (1, 1));
+    assert_eq!(agent.tag_filter_count(), 2);
+
+    // With the slot held, every one of these is tagged in the hash: getpeername, the
+    // resets sent after the release and the closes are all theirs.
+    let r = probe(Some(&cg), web, 1_000);
+    assert_eq!(r.total(), 1_000, "{r:?}");
+    assert_eq!(
+        r.peer_vip, 1_000,
+        "getpeername saw the virtual address: {r:?}"
+    );
+    let (m, _) = Scraped::fetch(agent.metrics_addr());
+    assert_eq!(
+        m.get("sluice_tcp_resets_sent_total", &[("service", "web")]),
+        1_000
+    );
+    assert_eq!(closed(&agent, "web"), 1_000);
+    assert_eq!(
+        agent.tag_filter_count(),
+        2,
+        "only the two held tags are left"
+    );
+
+    for c in [&mut first, &mut second] {
+        c.kill().expect("kill a holding client");
+        c.wait().expect("client exit");
+    }
+    assert_tags_gone(&agent);
+    assert_eq!(closed(&agent, "held"), 2);
+    holder.release_all();
+}
+
+#[test]
+fn a_restart_with_another_slot_count_is_refused_and_changes_nothing() {
+    if !root_or_skip("a_restart_with_another_slot_count_is_refused") {
+        return;
+    }
+    let t = tag("tagslots");
+    let cg = TestCgroup::new(&t);
+    let holder = Holder::start();
+    let held = vip("127.77.8.8");
+    let yaml = service("held", held, holder.addr);
+    let mut agent = Agent::start(&t, &cg, &yaml);
+    let (mut client, _out, greeting) = hold_probe(&cg, held);
+    assert!(greeting.contains("holder"), "{greeting}");
+    let attached = Agent::attached(cg.path());
+
+    agent.kill9();
+    agent.write_raw_config(
+        &agent
+            .config_text(&cg, &yaml)
+            .replace("services:\n", "socket_tag_slots: 1024\nservices:\n"),
+    );
+    let (status, log) = agent.run_expecting_refusal();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("SLUICE_TAG_SLOTS has 65536 slots and socket_tag_slots asks for 1024"),
+        "{log}"
+    );
+    // The programs stay attached and the live connection keeps its tag.
+    assert_eq!(Agent::attached(cg.path()), attached);
+    assert_eq!(agent.sock_tags(), 1);
+
+    // A bad value is refused before anything is touched.
+    agent.write_raw_config(
+        &agent
+            .config_text(&cg, &yaml)
+            .replace("services:\n", "socket_tag_slots: 1000\nservices:\n"),
+    );
+    let (status, log) = agent.run_expecting_refusal();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("socket_tag_slots") && log.contains("1000 must be a power of two"),
+        "{log}"
+    );
+    assert_eq!(agent.sock_tags(), 1);
+
+    agent.write_config(&cg, &yaml);
+    agent.spawn();
+    client.kill().expect("kill the client");
+    client.wait().expect("client exit");
+    assert_tags_gone(&agent);
+    holder.release_all();
 }

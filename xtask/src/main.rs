@@ -72,6 +72,11 @@ enum Command {
         /// Seconds a round with --signals.
         #[arg(long, default_value_t = 2, requires = "signals")]
         seconds: u32,
+        /// With --signals: after the rounds, one more round of each way under
+        /// `perf record -a -g` (cpu-clock), written to target/bench-signals/perf-*.data, to
+        /// see where a way's extra time goes, inside the hooks and around them.
+        #[arg(long, requires = "signals")]
+        perf: bool,
     },
     /// (internal) Writes bench/report.md again from bench/report.json (after a change to the
     /// report's layout).
@@ -111,10 +116,11 @@ fn main() -> anyhow::Result<()> {
             signals,
             rounds,
             seconds,
+            perf,
         } => {
             setup::setup()?;
             if signals {
-                bench::signals::run(rounds, seconds)
+                bench::signals::run(rounds, seconds, perf)
             } else {
                 bench::bench(quick)
             }

@@ -37,6 +37,9 @@ pub struct Config {
     pub signals: bool,
     /// Where the rollout controller keeps its state across restarts.
     pub state_path: PathBuf,
+    /// Size of the kernel's direct-mapped socket-tag array (a power of two; see
+    /// `sluice_common::maps::DEFAULT_TAG_SLOTS`).
+    pub socket_tag_slots: u32,
     pub services: Vec<ServiceConfig>,
 }
 

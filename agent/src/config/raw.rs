@@ -13,6 +13,7 @@ pub struct RawConfig {
     #[serde(default = "default_signals")]
     pub signals: bool,
     pub state_path: Option<String>,
+    pub socket_tag_slots: Option<u64>,
     #[serde(default)]
     pub services: Vec<RawService>,
 }

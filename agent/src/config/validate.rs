@@ -6,7 +6,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use sluice_common::{MAX_SERVICES, MAX_SLOTS_PER_VERSION, PPM};
+use sluice_common::{
+    MAX_SERVICES, MAX_SLOTS_PER_VERSION, PPM,
+    maps::{DEFAULT_TAG_SLOTS, MAX_TAG_SLOTS},
+};
 
 use super::{
     BackendConfig, Config, ConfigError, DEFAULT_API_SOCKET, DEFAULT_METRICS_ADDRESS,
@@ -66,6 +69,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         )
     })?;
 
+    let socket_tag_slots = socket_tag_slots(raw.socket_tag_slots)?;
     if raw.services.len() > MAX_SERVICES as usize {
         return Err(ConfigError::invalid(
             "services",
@@ -97,8 +101,22 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         metrics_address,
         signals: raw.signals,
         state_path,
+        socket_tag_slots,
         services,
     })
+}
+
+fn socket_tag_slots(raw: Option<u64>) -> Result<u32, ConfigError> {
+    let Some(n) = raw else {
+        return Ok(DEFAULT_TAG_SLOTS);
+    };
+    if !n.is_power_of_two() || n > u64::from(MAX_TAG_SLOTS) {
+        return Err(ConfigError::invalid(
+            "socket_tag_slots",
+            format!("{n} must be a power of two from 1 to {MAX_TAG_SLOTS}"),
+        ));
+    }
+    Ok(n as u32)
 }
 
 fn absolute_path(key: &str, p: &str) -> Result<PathBuf, ConfigError> {

@@ -8,7 +8,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
 };
 use sluice_common::{
-    maps::{Backend, SegmentKey, Service, SlotKey, SockTag, VipKey, names},
+    maps::{Backend, SegmentKey, Service, SlotKey, SockTag, TAG_SLOT_MASK, TagSlot, VipKey, names},
     metrics::{Metrics, MetricsKey, metrics_array_index},
 };
 
@@ -79,10 +79,11 @@ impl Maps {
 }
 
 /// (name, key size, value size) of each pinned map: checked before adopting a pin.
-const LAYOUTS: [(&str, usize, usize); 9] = [
+const LAYOUTS: [(&str, usize, usize); 10] = [
     (names::SERVICES, size_of::<VipKey>(), size_of::<Service>()),
     (names::SLOTS, size_of::<SlotKey>(), size_of::<Backend>()),
     (names::SEGMENTS, size_of::<SegmentKey>(), size_of::<u8>()),
+    (names::TAG_SLOTS, size_of::<u32>(), size_of::<TagSlot>()),
     (names::SOCK_TAGS, size_of::<u64>(), size_of::<SockTag>()),
     (names::TAG_FILTER, size_of::<u32>(), size_of::<u32>()),
     (names::STEER_COUNTERS, size_of::<u32>(), size_of::<u64>()),
@@ -132,13 +133,37 @@ pub fn prepare_pin_dir(pin_root: &Path, pin_dir: &Path) -> Result<(), DataplaneE
     Ok(())
 }
 
-/// Loads the object, re-using pinned maps where they exist.
-pub fn load(object: &[u8], pin_dir: &Path) -> Result<(aya::Ebpf, Maps), DataplaneError> {
+/// Loads the object, re-using pinned maps where they exist. `tag_slots` (a power of two)
+/// sizes `SLUICE_TAG_SLOTS`; pinned slots must have that size.
+pub fn load(
+    object: &[u8],
+    pin_dir: &Path,
+    tag_slots: u32,
+) -> Result<(aya::Ebpf, Maps), DataplaneError> {
     let map_dir = pin_dir.join("maps");
     for (name, key, value) in LAYOUTS {
         check_pinned_layout(&map_dir.join(name), name, key as u32, value as u32)?;
     }
+    let slots_pin = map_dir.join(names::TAG_SLOTS);
+    if slots_pin.exists() {
+        let pinned = aya::maps::MapInfo::from_pin(&slots_pin)
+            .map_err(|source| DataplaneError::Map {
+                name: names::TAG_SLOTS,
+                source,
+            })?
+            .max_entries();
+        if pinned != tag_slots {
+            return Err(DataplaneError::TagSlots {
+                pinned,
+                configured: tag_slots,
+            });
+        }
+    }
+    let mask = tag_slots - 1;
     let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(names::TAG_SLOTS, tag_slots)
+        .override_global(TAG_SLOT_MASK, &mask, true);
     let paths: Vec<_> = LAYOUTS
         .iter()
         .map(|(n, ..)| (*n, map_dir.join(n)))

@@ -57,6 +57,12 @@ pub enum DataplaneError {
         found: (u32, u32),
         want: (u32, u32),
     },
+    #[error(
+        "the pinned SLUICE_TAG_SLOTS has {pinned} slots and socket_tag_slots asks for {configured}: \
+         the slots hold the tags of live connections, so their count changes only with fresh pins \
+         (`sluice detach`, then start the agent)"
+    )]
+    TagSlots { pinned: u32, configured: u32 },
     #[error("map {name}")]
     Map {
         name: &'static str,
@@ -109,7 +115,7 @@ impl Dataplane {
     pub fn load(config: &Config) -> Result<Self, DataplaneError> {
         let pin_dir = abi_dir(&config.pin_path);
         maps::prepare_pin_dir(&config.pin_path, &pin_dir)?;
-        let (ebpf, maps) = maps::load(OBJECT, &pin_dir)?;
+        let (ebpf, maps) = maps::load(OBJECT, &pin_dir, config.socket_tag_slots)?;
         Ok(Self {
             ebpf,
             maps,

@@ -18,12 +18,12 @@ use crate::util::workspace_root;
 const WAYS: [Way; 3] = [Way::Direct, Way::SluiceSteering, Way::SluiceSignals];
 const KINDS: [(&str, bool); 2] = [("keep_alive", false), ("connection_per_request", true)];
 
-pub fn run(rounds: u32, seconds: u32) -> anyhow::Result<()> {
+pub fn run(rounds: u32, seconds: u32, perf: bool) -> anyhow::Result<()> {
     super::require_root()?;
     super::install()?;
     let (sluice, _probe) = crate::util::build_release_binaries()?;
     let (mut results, outcome, interrupted) =
-        super::in_bench_env(|env, results| measure(env, &sluice, rounds, seconds, results))?;
+        super::in_bench_env(|env, results| measure(env, &sluice, rounds, seconds, perf, results))?;
     results["rounds"] = json!(rounds);
     results["seconds_per_round"] = json!(seconds);
     let dir = workspace_root().join("target/bench-signals");
@@ -46,6 +46,7 @@ fn measure(
     sluice: &std::path::Path,
     rounds: u32,
     seconds: u32,
+    perf: bool,
     results: &mut Value,
 ) -> anyhow::Result<()> {
     crate::measure_http::pin_self_to_cpu(1);
@@ -94,6 +95,14 @@ fn measure(
         results["costed_requests"][kind] = r["requests"].clone();
     }
     set_stats(false)?;
+    if perf {
+        for (kind, close) in KINDS {
+            for w in WAYS {
+                env.check_interrupt()?;
+                profile(&cgroup(w), w, kind, close, seconds)?;
+            }
+        }
+    }
     let mut hooks = Vec::new();
     for (((kind, _), program), (ns, calls)) in &cost {
         if *calls > 0 {
@@ -101,6 +110,47 @@ fn measure(
         }
     }
     results["hooks"] = json!(hooks);
+    Ok(())
+}
+
+/// One round of a way under `perf record -a -g`, into target/bench-signals/perf-KIND-WAY.data.
+/// The whole machine is sampled: the hooks' work in softirqs and the kernel's around them
+/// (cgroup program arrays, map allocation, RCU) count as much as the programs' own time.
+fn profile(
+    cgroup: &std::path::Path,
+    w: Way,
+    kind: &str,
+    close: bool,
+    seconds: u32,
+) -> anyhow::Result<()> {
+    let out = workspace_root().join(format!("target/bench-signals/perf-{kind}-{}.data", w.key()));
+    std::fs::create_dir_all(out.parent().context("no parent")?)?;
+    eprintln!(
+        "bench: perf record of {} {kind} into {}",
+        w.label(),
+        out.display()
+    );
+    let mut perf = std::process::Command::new("perf")
+        .args([
+            "record",
+            "-q",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "4999",
+            "-a",
+            "-g",
+            "-o",
+        ])
+        .arg(&out)
+        .args(["--", "sleep", &(seconds + 1).to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("perf (linux-perf) not installed?")?;
+    let r = runs::wrk(cgroup, w.http_target(), seconds, WRK_CONNECTIONS, close);
+    let status = perf.wait()?;
+    r?;
+    anyhow::ensure!(status.success(), "perf record failed: {status}");
     Ok(())
 }
 
