@@ -9,6 +9,7 @@ pub mod names {
     pub const SEGMENTS: &str = "SLUICE_SEGMENTS";
     pub const SOCK_TAGS: &str = "SLUICE_SOCK_TAGS";
     pub const TAG_SLOTS: &str = "SLUICE_TAG_SLOTS";
+    pub const RECENT_CLOSES: &str = "SLUICE_RECENT_CLOSES";
     pub const TAG_FILTER: &str = "SLUICE_TAG_FILTER";
     pub const STEER_COUNTERS: &str = "SLUICE_STEER_COUNTERS";
     pub const METRICS: &str = "SLUICE_METRICS";
@@ -38,7 +39,6 @@ pub mod programs {
     pub const SKB_EGRESS: &str = "sluice_skb_egress";
     pub const SKB_INGRESS: &str = "sluice_skb_ingress";
     pub const SOCK_RELEASE: &str = "sluice_sock_release";
-    pub const SOCK_DESTROYED: &str = "sluice_sock_destroyed";
     pub const RESET_RECEIVED: &str = "sluice_reset_received";
     pub const RESET_SENT: &str = "sluice_reset_sent";
 }
@@ -81,10 +81,13 @@ pub fn tag_filter_slot(cookie: u64) -> (u32, u32) {
 /// a live socket sends the newcomer to the hash (`SLUICE_SOCK_TAGS`), which holds the rest.
 /// The count is a power of two, set at load (config `socket_tag_slots`).
 pub const DEFAULT_TAG_SLOTS: u32 = 65_536;
-/// Largest `socket_tag_slots` (72 MiB of slots).
+/// Largest `socket_tag_slots` (80 MiB of slots).
 pub const MAX_TAG_SLOTS: u32 = 1 << 20;
 /// The kernel object's global holding the slot count minus one.
 pub const TAG_SLOT_MASK: &str = "TAG_SLOT_MASK";
+/// The kernel object's global saying whether the signal programs are attached (1) or not
+/// (0): with them, a released socket keeps its tag until TCP closes the connection.
+pub const SIGNALS_ON: &str = "SIGNALS_ON";
 
 /// Value of `SLUICE_TAG_SLOTS`: a tag and the cookie of the socket it belongs to; a zero
 /// cookie marks a free slot (the kernel never hands out cookie 0).
@@ -94,7 +97,26 @@ pub struct TagSlot {
     pub cookie: u64,
     pub tag: SockTag,
 }
-const _: () = assert!(size_of::<TagSlot>() == 72);
+const _: () = assert!(size_of::<TagSlot>() == 80);
+
+#[cfg(test)]
+mod recent_close_tests {
+    use super::*;
+
+    #[test]
+    fn the_n_th_cookie_of_two_cpus_runs_lands_on_two_entries() {
+        for run in 0..64u64 {
+            for other in (0..64u64).filter(|&o| o != run) {
+                for n in [0u64, 1, 100, 1023, 1024, 4095] {
+                    assert_ne!(
+                        recent_close_index(run * 4096 + n),
+                        recent_close_index(other * 4096 + n)
+                    );
+                }
+            }
+        }
+    }
+}
 
 #[cfg(test)]
 mod tag_filter_tests {
@@ -225,8 +247,41 @@ pub struct SockTag {
     pub connect_ns: u64,
     pub established_ns: u64,
     pub request_ns: u64,
+    /// [`LIFE_RELEASED`] and [`LIFE_CLOSED`], set with atomic ORs: the release and TCP's
+    /// close may run at once on two CPUs, and the second of them removes the tag.
+    pub life: u64,
 }
-const _: () = assert!(size_of::<SockTag>() == 64);
+const _: () = assert!(size_of::<SockTag>() == 72);
+
+/// [`SockTag::life`]: the application released the socket (cgroup `sock_release`).
+pub const LIFE_RELEASED: u64 = 1;
+/// [`SockTag::life`]: TCP moved the connection to CLOSE (sock_ops state callback).
+pub const LIFE_CLOSED: u64 = 2;
+
+/// `SLUICE_RECENT_CLOSES`: the last tags removed at a close, by cookie bits. A reset TCP
+/// sends as it closes (a close with unread data, `SO_LINGER` 0) comes right after the
+/// state change, when the tag is gone: this is where `tcp_send_reset` finds its service.
+pub const RECENT_CLOSES: u32 = 1024;
+
+/// Index of a cookie in `SLUICE_RECENT_CLOSES`. Cookies come in per-CPU runs of 4096 that
+/// start at multiples of 4096: mixing in the run's bits keeps two CPUs closing their n-th
+/// socket at the same moment off the same entry.
+#[inline(always)]
+pub fn recent_close_index(cookie: u64) -> u32 {
+    ((cookie ^ (cookie >> 12)) as u32) & (RECENT_CLOSES - 1)
+}
+
+/// Value of `SLUICE_RECENT_CLOSES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RecentClose {
+    /// Zero once a reset has been counted with it (or never written).
+    pub cookie: u64,
+    pub service: u32,
+    pub version: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<RecentClose>() == 16);
 
 /// The v4-mapped form of an IPv4 address given in network byte order.
 #[inline(always)]
@@ -252,4 +307,5 @@ mod pod {
     unsafe impl aya::Pod for SegmentKey {}
     unsafe impl aya::Pod for SockTag {}
     unsafe impl aya::Pod for TagSlot {}
+    unsafe impl aya::Pod for RecentClose {}
 }

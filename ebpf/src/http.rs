@@ -31,8 +31,8 @@ struct Segment {
 #[inline(always)]
 fn http_tag(ctx: &SkBuffContext) -> Option<&'static mut SockTag> {
     // Zero for a packet without a socket. A request socket's cookie is its own, never
-    // tagged; a time-wait socket inherits its full socket's, whose tag went when TCP
-    // destroyed that (or at its release).
+    // tagged; a time-wait socket inherits its full socket's, whose tag went when that
+    // closed (or at its release).
     let tag = tag_of(cookie_of(ctx.skb.skb.cast()))?;
     (tag.http1 != 0).then_some(tag)
 }

@@ -84,13 +84,6 @@ pub fn sluice_reset_received(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Forgets the tag of a socket TCP is done with (signals on; see `tags`).
-#[btf_tracepoint(function = "tcp_destroy_sock")]
-pub fn sluice_sock_destroyed(ctx: BtfTracePointContext) -> i32 {
-    release::destroyed(ctx.arg(0));
-    0
-}
-
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn sluice_reset_sent(ctx: BtfTracePointContext) -> i32 {
     resets::sent(&ctx);

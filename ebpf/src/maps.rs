@@ -11,8 +11,8 @@ use sluice_common::{
     MAX_SEGMENT_MEMBERS, MAX_SERVICES, MAX_SLOTS, MAX_SOCK_TAGS, MAX_VIPS,
     counters::{STEER_COUNTERS, steer_index},
     maps::{
-        Backend, DEFAULT_TAG_SLOTS, SegmentKey, Service, SlotKey, SockTag, TAG_FILTER_WORDS,
-        TagSlot, VIP_PORT_WORDS, VipKey, vip_port_bit,
+        Backend, DEFAULT_TAG_SLOTS, RECENT_CLOSES, RecentClose, SegmentKey, Service, SlotKey,
+        SockTag, TAG_FILTER_WORDS, TagSlot, VIP_PORT_WORDS, VipKey, vip_port_bit,
     },
     metrics::{ARRAY_METRICS_ENTRIES, Metrics, MetricsKey},
 };
@@ -49,6 +49,14 @@ pub static SLUICE_TAG_SLOTS: Array<TagSlot, { DEFAULT_TAG_SLOTS as usize }> = Ar
 /// `SLUICE_TAG_SLOTS`' size minus one: the agent sets both at load (`socket_tag_slots`).
 #[unsafe(no_mangle)]
 pub static TAG_SLOT_MASK: Global<u32> = Global::new(DEFAULT_TAG_SLOTS - 1);
+
+/// Whether the signal programs are attached: the agent sets it at load (`signals`).
+#[unsafe(no_mangle)]
+pub static SIGNALS_ON: Global<u8> = Global::new(1);
+
+/// The last tags removed at a close (see `sluice_common::maps::RECENT_CLOSES`).
+#[btf_map]
+pub static SLUICE_RECENT_CLOSES: Array<RecentClose, { RECENT_CLOSES as usize }> = Array::new();
 
 /// The tags whose slot was taken by another live socket, keyed by the socket's cookie.
 #[btf_map]

@@ -10,12 +10,18 @@ use crate::maps::{SLUICE_METRICS, SLUICE_METRICS_ARRAY, add};
 /// The metrics slots of a tagged socket's service and version (this CPU's copy).
 #[inline(always)]
 pub fn metrics_of(tag: &SockTag) -> Option<*mut Metrics> {
-    if let Some(index) = metrics_array_index(tag.service, tag.version) {
+    metrics_for(tag.service, tag.version)
+}
+
+/// The metrics slots of a service and version (this CPU's copy).
+#[inline(always)]
+pub fn metrics_for(service: u32, version: u8) -> Option<*mut Metrics> {
+    if let Some(index) = metrics_array_index(service, version) {
         return SLUICE_METRICS_ARRAY.get_ptr_mut(index);
     }
     let key = MetricsKey {
-        service: tag.service,
-        version: tag.version,
+        service,
+        version,
         _pad: [0; 3],
     };
     SLUICE_METRICS.get_ptr_mut(key)

@@ -2,12 +2,12 @@
 //! the socket-tag lookup comes first. Minimum kernel: 5.12 (socket cookies in tracing
 //! programs), 6.10 for the reason argument of `tcp_send_reset` (not read here).
 
-use aya_ebpf::programs::BtfTracePointContext;
+use aya_ebpf::{helpers::bpf_skc_to_tcp_sock, programs::BtfTracePointContext};
 use sluice_common::metrics::{RESETS_RECEIVED, RESETS_SENT};
 
 use crate::{
-    metrics::{bump, metrics_of},
-    tags::{cookie_of, tag_of},
+    metrics::{bump, metrics_for, metrics_of},
+    tags::{cookie_of, tag_of, take_recent_close},
 };
 
 /// `tcp_receive_reset(struct sock *sk)`.
@@ -32,10 +32,24 @@ pub fn sent(ctx: &BtfTracePointContext) {
     if sk.is_null() {
         return;
     }
-    let Some(tag) = tag_of(cookie_of(sk)) else {
-        return;
+    let cookie = cookie_of(sk);
+    let m = match tag_of(cookie) {
+        Some(tag) => metrics_of(tag),
+        None => {
+            // A reset sent as a released socket closes comes after its tag went (see
+            // `tags`). A time-wait socket keeps its full socket's cookie but is not the
+            // connection closing: only full sockets are looked for.
+            // SAFETY: a socket pointer from the tracepoint, checked non-null above.
+            if cookie == 0 || unsafe { bpf_skc_to_tcp_sock(sk) }.is_null() {
+                return;
+            }
+            let Some((service, version)) = take_recent_close(cookie) else {
+                return;
+            };
+            metrics_for(service, version)
+        }
     };
-    if let Some(m) = metrics_of(tag) {
+    if let Some(m) = m {
         bump(m, RESETS_SENT, 1);
     }
 }

@@ -11,14 +11,18 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_sock_ops_cb_flags_set},
     programs::SockOpsContext,
 };
-use sluice_common::metrics::{
-    BYTES_RECEIVED, BYTES_SENT, CLOSED, ESTABLISHED, FAILED_OTHER, FAILED_REFUSED, FAILED_TIMEOUT,
-    HIST_CONNECT, HIST_LIFETIME, HIST_RTT, HTTP_INCOMPLETE, RETRANSMITS, RTO_EXPIRIES,
+use sluice_common::{
+    maps::{LIFE_CLOSED, LIFE_RELEASED},
+    metrics::{
+        BYTES_RECEIVED, BYTES_SENT, CLOSED, ESTABLISHED, FAILED_OTHER, FAILED_REFUSED,
+        FAILED_TIMEOUT, HIST_CONNECT, HIST_LIFETIME, HIST_RTT, HTTP_INCOMPLETE, RETRANSMITS,
+        RTO_EXPIRIES,
+    },
 };
 
 use crate::{
     metrics::{bump, metrics_of, observe},
-    tags::{cookie_of, tag_of},
+    tags::{cookie_of, forget, mark, remember_close, tag_of},
 };
 
 pub fn sock_ops(ctx: &SockOpsContext) {
@@ -41,7 +45,8 @@ pub fn sock_ops(ctx: &SockOpsContext) {
     }
     // SAFETY: a valid context for the program's run.
     let ops = unsafe { &*ctx.ops };
-    let Some(tag) = tag_of(cookie_of(ctx.ops.cast())) else {
+    let cookie = cookie_of(ctx.ops.cast());
+    let Some(tag) = tag_of(cookie) else {
         return;
     };
     if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
@@ -107,6 +112,14 @@ pub fn sock_ops(ctx: &SockOpsContext) {
                     FAILED_OTHER
                 };
                 bump(m, reason, 1);
+            }
+            // Released already: nothing reads the tag after this but a reset sent as part of
+            // this close (unread data, SO_LINGER 0), which finds the service in the recent
+            // closes. Not released (a reset received, a failed connect, a disconnect): the
+            // release removes it.
+            if mark(tag, LIFE_CLOSED) & LIFE_RELEASED != 0 {
+                remember_close(cookie, tag);
+                forget(cookie);
             }
         }
     }

@@ -15,8 +15,8 @@ pub use agent::Agent;
 /// Programs attached to the cgroup: connect4/6, getpeername4/6, sock_release, sock_ops, skb
 /// egress/ingress.
 pub const CGROUP_PROGRAMS: usize = 8;
-/// Links a restarted agent re-adopts: the cgroup ones plus three TCP tracepoints.
-pub const ADOPTED_LINKS: usize = CGROUP_PROGRAMS + 3;
+/// Links a restarted agent re-adopts: the cgroup ones plus two TCP tracepoints (resets).
+pub const ADOPTED_LINKS: usize = CGROUP_PROGRAMS + 2;
 pub use backend::Backend;
 pub use cgroup::TestCgroup;
 

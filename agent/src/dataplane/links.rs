@@ -50,10 +50,9 @@ const CGROUP_PROGRAMS: [(&str, CgroupHook, bool); 8] = [
 ];
 
 /// Tracepoint programs (tp_btf): (program, tracepoint).
-const TRACEPOINT_PROGRAMS: [(&str, &str); 3] = [
+const TRACEPOINT_PROGRAMS: [(&str, &str); 2] = [
     (programs::RESET_RECEIVED, "tcp_receive_reset"),
     (programs::RESET_SENT, "tcp_send_reset"),
-    (programs::SOCK_DESTROYED, "tcp_destroy_sock"),
 ];
 
 pub fn links_dir(pin_dir: &Path, cgroup_id: u64) -> PathBuf {
@@ -214,6 +213,17 @@ fn attach_tracepoints(ebpf: &mut aya::Ebpf, dir: &Path) -> Result<usize, Datapla
                 tracing::info!(link = %old.display(), "replacing a tracepoint link of another program version");
                 let _ = fs::remove_file(&old);
             }
+        }
+    }
+    // A tracepoint an earlier agent attached and this one no longer uses.
+    for old in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let file = old.file_name().to_string_lossy().into_owned();
+        if !TRACEPOINT_PROGRAMS
+            .iter()
+            .any(|(name, _)| file.starts_with(&format!("{name}-")))
+        {
+            tracing::info!(link = %old.path().display(), "detaching a tracepoint this agent no longer uses");
+            let _ = fs::remove_file(old.path());
         }
     }
     Ok(kept)

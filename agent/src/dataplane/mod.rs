@@ -115,7 +115,7 @@ impl Dataplane {
     pub fn load(config: &Config) -> Result<Self, DataplaneError> {
         let pin_dir = abi_dir(&config.pin_path);
         maps::prepare_pin_dir(&config.pin_path, &pin_dir)?;
-        let (ebpf, maps) = maps::load(OBJECT, &pin_dir, config.socket_tag_slots)?;
+        let (ebpf, maps) = maps::load(OBJECT, &pin_dir, config.socket_tag_slots, config.signals)?;
         Ok(Self {
             ebpf,
             maps,
