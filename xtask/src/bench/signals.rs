@@ -149,8 +149,14 @@ fn profile(
         .context("perf (linux-perf) not installed?")?;
     let r = runs::wrk(cgroup, w.http_target(), seconds, WRK_CONNECTIONS, close);
     let status = perf.wait()?;
-    r?;
+    let r = r?;
     anyhow::ensure!(status.success(), "perf record failed: {status}");
+    // A profile's shares mean a cost a request only beside the rate it ran at.
+    eprintln!(
+        "bench: profiled {} {kind}: {} requests/s",
+        w.label(),
+        r["per_second"]
+    );
     Ok(())
 }
 
