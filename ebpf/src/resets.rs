@@ -7,7 +7,7 @@ use sluice_common::metrics::{RESETS_RECEIVED, RESETS_SENT};
 
 use crate::{
     metrics::{bump, metrics_for, metrics_of},
-    tags::{cookie_of, tag_of, take_recent_close},
+    tags::{cookie_of, recent_close, tag_of, take_recent_close},
 };
 
 /// `tcp_receive_reset(struct sock *sk)`.
@@ -38,12 +38,18 @@ pub fn sent(ctx: &BtfTracePointContext) {
         None => {
             // A reset sent as a released socket closes comes after its tag went (see
             // `tags`). A time-wait socket keeps its full socket's cookie but is not the
-            // connection closing: only full sockets are looked for.
-            // SAFETY: a socket pointer from the tracepoint, checked non-null above.
-            if cookie == 0 || unsafe { bpf_skc_to_tcp_sock(sk) }.is_null() {
+            // connection closing: only full sockets count.
+            if cookie == 0 {
                 return;
             }
-            let Some((service, version)) = take_recent_close(cookie) else {
+            let Some(entry) = recent_close(cookie) else {
+                return;
+            };
+            // SAFETY: a socket pointer from the tracepoint, checked non-null above.
+            if unsafe { bpf_skc_to_tcp_sock(sk) }.is_null() {
+                return;
+            }
+            let Some((service, version)) = take_recent_close(entry, cookie) else {
                 return;
             };
             metrics_for(service, version)

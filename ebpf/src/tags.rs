@@ -177,17 +177,22 @@ pub fn remember_close(cookie: u64, tag: &SockTag) {
     }
 }
 
-/// The (service, version) of a socket whose tag went at its close, once: the entry is
-/// cleared, so a socket counts at most one reset this way.
+/// The entry remembering this cookie's close, if any: one load of a 16 KiB array, so that a
+/// reset of a socket that is none of sluice's leaves after it.
 #[inline(always)]
-pub fn take_recent_close(cookie: u64) -> Option<(u32, u8)> {
+pub fn recent_close(cookie: u64) -> Option<*mut RecentClose> {
     let entry = SLUICE_RECENT_CLOSES.get_ptr_mut(recent_close_index(cookie))?;
-    // SAFETY: a valid map value; the cookie is cleared with a compare-and-swap, so of two
-    // takers only one gets it.
+    // SAFETY: a valid map value, written by other CPUs: read once.
+    (unsafe { read_volatile(&raw const (*entry).cookie) } == cookie).then_some(entry)
+}
+
+/// The (service, version) of an entry from [`recent_close`], once: the cookie is cleared
+/// with a compare-and-swap, so of two takers only one gets it, and a socket counts at most
+/// one reset this way.
+#[inline(always)]
+pub fn take_recent_close(entry: *mut RecentClose, cookie: u64) -> Option<(u32, u8)> {
+    // SAFETY: a valid map value from `recent_close`.
     unsafe {
-        if read_volatile(&raw const (*entry).cookie) != cookie {
-            return None;
-        }
         let (service, version) = ((*entry).service, (*entry).version);
         atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(&raw mut (*entry).cookie, cookie, 0)
             .1
