@@ -7,16 +7,17 @@ use aya_ebpf::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RETRANS_CB, BPF_SOCK_OPS_RETRANS_CB_FLAG,
         BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB,
         BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
+        bpf_sock_ops,
     },
     helpers::{bpf_ktime_get_ns, bpf_sock_ops_cb_flags_set},
     programs::SockOpsContext,
 };
 use sluice_common::{
-    maps::{LIFE_CLOSED, LIFE_RELEASED},
+    maps::{LIFE_CLOSED, LIFE_RELEASED, SockTag},
     metrics::{
         BYTES_RECEIVED, BYTES_SENT, CLOSED, ESTABLISHED, FAILED_OTHER, FAILED_REFUSED,
-        FAILED_TIMEOUT, HIST_CONNECT, HIST_LIFETIME, HIST_RTT, HTTP_INCOMPLETE, RETRANSMITS,
-        RTO_EXPIRIES,
+        FAILED_TIMEOUT, HIST_CONNECT, HIST_LIFETIME, HIST_RTT, HTTP_INCOMPLETE, Metrics,
+        RETRANSMITS, RTO_EXPIRIES,
     },
 };
 
@@ -60,13 +61,30 @@ pub fn sock_ops(ctx: &SockOpsContext) {
         unsafe { bpf_sock_ops_cb_flags_set(ctx.ops, (ops.bpf_sock_ops_cb_flags | flags) as i32) };
         return;
     }
+    if op == BPF_SOCK_OPS_STATE_CB {
+        // The move to CLOSE (checked above). Counted only where the service still has its
+        // metrics (a service removed from the configuration may not); the tag's life goes on
+        // regardless.
+        if let Some(m) = metrics_of(tag) {
+            count_close(ctx, ops, tag, m);
+        }
+        // Released already: nothing reads the tag after this but a reset sent as part of
+        // this close (unread data, SO_LINGER 0), which finds the service in the recent
+        // closes. Not released (a reset received, a failed connect, a disconnect): the
+        // release removes it.
+        if mark(tag, LIFE_CLOSED) & LIFE_RELEASED != 0 {
+            remember_close(cookie, tag);
+            forget(cookie);
+        }
+        return;
+    }
     let Some(m) = metrics_of(tag) else {
         return;
     };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
     match op {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            // SAFETY: plain helper call.
+            let now = unsafe { bpf_ktime_get_ns() };
             tag.established = 1;
             tag.established_ns = now;
             tag.tx_next = ops.snd_nxt;
@@ -82,45 +100,44 @@ pub fn sock_ops(ctx: &SockOpsContext) {
             tag.rto = 1;
             bump(m, RTO_EXPIRIES, 1);
         }
-        BPF_SOCK_OPS_RETRANS_CB => {
-            // args: first seq, segments, result; only retransmissions that went out count.
+        _ => {
+            // BPF_SOCK_OPS_RETRANS_CB. args: first seq, segments, result; only
+            // retransmissions that went out count.
             if ctx.arg(2) == 0 {
                 bump(m, RETRANSMITS, u64::from(ctx.arg(1)));
             }
         }
-        _ => {
-            // BPF_SOCK_OPS_STATE_CB to CLOSE (checked above); args[0] is the old state.
-            if tag.established != 0 {
-                bump(m, CLOSED, 1);
-                observe(m, HIST_LIFETIME, now.saturating_sub(tag.established_ns));
-                // srtt_us holds 8x the smoothed RTT in microseconds.
-                observe(m, HIST_RTT, u64::from(ops.srtt_us >> 3) * 1_000);
-                // bytes_acked follows snd_una, which the SYN moved by one: not a byte sent.
-                // (A FIN, once acknowledged, counts one too, as in tcp_info.)
-                bump(m, BYTES_SENT, ops.bytes_acked.saturating_sub(1));
-                bump(m, BYTES_RECEIVED, ops.bytes_received);
-                if tag.outstanding != 0 {
-                    tag.outstanding = 0;
-                    bump(m, HTTP_INCOMPLETE, 1);
-                }
-            } else if ctx.arg(0) == BPF_TCP_SYN_SENT {
-                let reason = if tag.reset_rx != 0 {
-                    FAILED_REFUSED
-                } else if tag.rto != 0 {
-                    FAILED_TIMEOUT
-                } else {
-                    FAILED_OTHER
-                };
-                bump(m, reason, 1);
-            }
-            // Released already: nothing reads the tag after this but a reset sent as part of
-            // this close (unread data, SO_LINGER 0), which finds the service in the recent
-            // closes. Not released (a reset received, a failed connect, a disconnect): the
-            // release removes it.
-            if mark(tag, LIFE_CLOSED) & LIFE_RELEASED != 0 {
-                remember_close(cookie, tag);
-                forget(cookie);
-            }
+    }
+}
+
+/// A connection moved to CLOSE: its end if it was established (lifetime, RTT, bytes, an
+/// HTTP request left without its response), or why its handshake failed.
+#[inline(always)]
+fn count_close(ctx: &SockOpsContext, ops: &bpf_sock_ops, tag: &mut SockTag, m: *mut Metrics) {
+    if tag.established != 0 {
+        // SAFETY: plain helper call.
+        let now = unsafe { bpf_ktime_get_ns() };
+        bump(m, CLOSED, 1);
+        observe(m, HIST_LIFETIME, now.saturating_sub(tag.established_ns));
+        // srtt_us holds 8x the smoothed RTT in microseconds.
+        observe(m, HIST_RTT, u64::from(ops.srtt_us >> 3) * 1_000);
+        // bytes_acked follows snd_una, which the SYN moved by one: not a byte sent.
+        // (A FIN, once acknowledged, counts one too, as in tcp_info.)
+        bump(m, BYTES_SENT, ops.bytes_acked.saturating_sub(1));
+        bump(m, BYTES_RECEIVED, ops.bytes_received);
+        if tag.outstanding != 0 {
+            tag.outstanding = 0;
+            bump(m, HTTP_INCOMPLETE, 1);
         }
+    } else if ctx.arg(0) == BPF_TCP_SYN_SENT {
+        // args[0] is the old state.
+        let reason = if tag.reset_rx != 0 {
+            FAILED_REFUSED
+        } else if tag.rto != 0 {
+            FAILED_TIMEOUT
+        } else {
+            FAILED_OTHER
+        };
+        bump(m, reason, 1);
     }
 }

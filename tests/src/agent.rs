@@ -245,6 +245,21 @@ impl Agent {
             .sum()
     }
 
+    /// Waits (up to 5 s: a connection's last packets may still be on their way) until the
+    /// kernel keeps no tag, and checks that the filter counts exactly that.
+    pub fn assert_tags_gone(&self) {
+        let start = Instant::now();
+        while self.sock_tags() != 0 && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(self.sock_tags(), 0, "tags left behind");
+        assert_eq!(
+            self.tag_filter_count(),
+            0,
+            "the filter counts what the maps hold"
+        );
+    }
+
     /// The steered sockets the kernel still keeps a tag for, in their slot or in the hash.
     pub fn sock_tags(&self) -> usize {
         self.tags_in_slots() + self.tags_in_hash()

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use sluice_tests::{
-    Agent, Backend, TestCgroup,
+    Agent, Backend, TestCgroup, hold_probe,
     http::{Behaviour, HttpBackend, Scraped},
     http_probe, probe, root_or_skip, tag, unused_port,
 };
@@ -471,4 +471,24 @@ fn services_past_the_metrics_array_count_in_the_hash() {
         &[("service", "last"), ("version", "canary")],
     );
     assert!(to_canary > 0 && to_canary < 40, "50 % of 40: {to_canary}");
+
+    // A connection outlives its service (id 258, in the hash tier): the configuration drops
+    // the service and with it its metrics, the client dies, TCP closes the connection with
+    // nothing left to count it in, and the tag still goes.
+    let greeter = Backend::start("127.0.0.1", "held");
+    let held = vip("127.77.9.3");
+    let with_held = format!(
+        "{yaml}  - name: held\n    virtual_addresses: [\"{held}\"]\n    stable: [{{address: \"{}\"}}]\n",
+        greeter.addr
+    );
+    agent.write_config(&cg, &with_held);
+    agent.wait_log("configuration applied", 1, Duration::from_secs(10));
+    let (mut client, _out, greeting) = hold_probe(&cg, held);
+    assert!(greeting.contains("held"), "{greeting}");
+    assert_eq!(agent.sock_tags(), 1);
+    agent.write_config(&cg, &yaml);
+    agent.wait_log("configuration applied", 2, Duration::from_secs(10));
+    client.kill().expect("kill the client");
+    client.wait().expect("client exit");
+    agent.assert_tags_gone();
 }

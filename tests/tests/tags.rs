@@ -7,7 +7,7 @@
 use std::{
     io::Write as _,
     net::{SocketAddr, TcpListener},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use sluice_tests::{
@@ -22,21 +22,6 @@ fn service(name: &str, vip: SocketAddr, backend: SocketAddr) -> String {
     format!(
         "  - name: {name}\n    virtual_addresses: [\"{vip}\"]\n    stable: [{{address: \"{backend}\"}}]\n"
     )
-}
-
-/// Waits (up to 5 s: a connection's last packets may still be on their way) until the
-/// agent's tag map is empty, and checks that the filter counts exactly that.
-fn assert_tags_gone(agent: &Agent) {
-    let start = Instant::now();
-    while agent.sock_tags() != 0 && start.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(agent.sock_tags(), 0, "tags left behind");
-    assert_eq!(
-        agent.tag_filter_count(),
-        0,
-        "the filter counts what the map holds"
-    );
 }
 
 /// A server that greets and then keeps every connection open until dropped: a client that
@@ -107,12 +92,12 @@ fn tags_go_when_sockets_are_released_with_steering_only() {
         r.peer_vip, 2_000,
         "getpeername saw the virtual address: {r:?}"
     );
-    assert_tags_gone(&agent);
+    agent.assert_tags_gone();
 
     // A held socket keeps its tag; released, it loses it at the release, though TCP has not
     // closed the connection yet (the server still holds its end).
     hold_then_kill(&agent, &cg, held);
-    assert_tags_gone(&agent);
+    agent.assert_tags_gone();
     holder.release_all();
 }
 
@@ -141,7 +126,7 @@ fn with_signals_a_tag_outlives_the_release_until_tcp_is_done() {
     let r = probe(Some(&cg), web, 1_000);
     assert_eq!(r.total(), 1_000, "{r:?}");
     assert_eq!(r.peer_vip, 1_000, "{r:?}");
-    assert_tags_gone(&agent);
+    agent.assert_tags_gone();
     let (m, _) = Scraped::fetch(agent.metrics_addr());
     assert_eq!(
         m.get("sluice_tcp_resets_sent_total", &[("service", "web")]),
@@ -162,14 +147,14 @@ fn with_signals_a_tag_outlives_the_release_until_tcp_is_done() {
     );
     agent.wait_log("configuration applied", 1, Duration::from_secs(5));
     hold_then_kill(&agent, &cg, held);
-    assert_tags_gone(&agent);
+    agent.assert_tags_gone();
     assert_eq!(closed(&agent, "held"), 1);
     holder.release_all();
 
     // Refused connects leave no tag either.
     let r = probe(Some(&cg), refused, 50);
     assert_eq!(r.total(), 0, "{r:?}");
-    assert_tags_gone(&agent);
+    agent.assert_tags_gone();
 }
 
 #[test]
@@ -224,7 +209,7 @@ fn tags_whose_slot_is_held_live_in_the_hash_and_work_the_same() {
         c.kill().expect("kill a holding client");
         c.wait().expect("client exit");
     }
-    assert_tags_gone(&agent);
+    agent.assert_tags_gone();
     assert_eq!(closed(&agent, "held"), 2);
     holder.release_all();
 }
@@ -278,6 +263,6 @@ fn a_restart_with_another_slot_count_is_refused_and_changes_nothing() {
     agent.spawn();
     client.kill().expect("kill the client");
     client.wait().expect("client exit");
-    assert_tags_gone(&agent);
+    agent.assert_tags_gone();
     holder.release_all();
 }
