@@ -288,17 +288,37 @@ impl Agent {
     }
 
     /// Runs `sluice run` on the current config file, expecting it to refuse to start: its exit
-    /// status and its log. Leaves `self`'s own process (if any) alone.
+    /// status and its log. Leaves `self`'s own process (if any) alone. An agent that starts
+    /// after all is killed (by its pid) after 15 s, and the test fails.
     pub fn run_expecting_refusal(&self) -> (std::process::ExitStatus, String) {
-        let out = Command::new(sluice_bin())
+        let log_path = self.dir.join("refused.log");
+        let log = std::fs::File::create(&log_path).expect("refusal log");
+        let mut child = Command::new(sluice_bin())
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", "info")
-            .output()
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
             .expect("sluice run");
+        let end = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for sluice run") {
+                break status;
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "sluice run did not refuse to start within 15 s; log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         (
-            out.status,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+            status,
+            std::fs::read_to_string(&log_path).expect("read refusal log"),
         )
     }
 
