@@ -13,8 +13,8 @@ pub const NO_BACKEND: u32 = 3;
 /// A slot the service entry points at was missing (a bug or a torn update): the connect
 /// failed with `ECONNREFUSED` rather than going to an address nobody serves.
 pub const SLOT_MISSING: u32 = 4;
-/// The socket could not be tagged (`MAX_SOCK_TAGS` steered sockets alive): steered, but
-/// later hooks cannot attribute it.
+/// The socket could not be tagged (its slot held by a live socket and `MAX_SOCK_TAGS` more
+/// in the hash): steered, but later hooks cannot attribute it.
 pub const TAG_FAILED: u32 = 5;
 /// A caller outside the service's segment, kept on stable.
 pub const SEGMENT_EXCLUDED: u32 = 6;
