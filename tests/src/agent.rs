@@ -65,6 +65,17 @@ impl Agent {
         std::fs::rename(&tmp, &self.config_path).expect("rename config");
     }
 
+    /// `sluice run` on this agent's config file, its log into `log`.
+    fn run_command(&self, log: std::fs::File) -> Command {
+        let mut cmd = Command::new(sluice_bin());
+        cmd.args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        cmd
+    }
+
     /// Starts (or restarts) the daemon and waits until its socket answers.
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
@@ -72,12 +83,8 @@ impl Agent {
             .append(true)
             .open(&self.log_path)
             .expect("log file");
-        let child = Command::new(sluice_bin())
-            .args(["run", "--config"])
-            .arg(&self.config_path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
+        let child = self
+            .run_command(log)
             .spawn()
             .expect("start sluice run (SLUICE_BIN)");
         self.child = Some(child);
@@ -293,14 +300,7 @@ impl Agent {
     pub fn run_expecting_refusal(&self) -> (std::process::ExitStatus, String) {
         let log_path = self.dir.join("refused.log");
         let log = std::fs::File::create(&log_path).expect("refusal log");
-        let mut child = Command::new(sluice_bin())
-            .args(["run", "--config"])
-            .arg(&self.config_path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("sluice run");
+        let mut child = self.run_command(log).spawn().expect("sluice run");
         let end = Instant::now() + Duration::from_secs(15);
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait for sluice run") {

@@ -168,13 +168,8 @@ fn a_bad_config_at_startup_exits_64_and_leaves_existing_pins_alone() {
     let before = dump_maps(&agent);
     let text = agent.config_text(&cg, &yaml) + "    canary_percent: 101\n";
     agent.write_raw_config(&text);
-    let out = Command::new(sluice_tests::agent::sluice_bin())
-        .args(["run", "--config"])
-        .arg(&agent.config_path)
-        .output()
-        .expect("sluice run");
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (status, err) = agent.run_expecting_refusal();
+    assert_eq!(status.code(), Some(64), "{err}");
     assert!(
         err.contains("services[0].canary_percent: 101 is out of range"),
         "{err}"

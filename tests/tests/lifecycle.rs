@@ -236,27 +236,7 @@ fn an_unreadable_rollout_state_stops_the_start_and_touches_nothing() {
     let attached_before = Agent::attached(cg.path());
     std::fs::write(&agent.state_path, b"{ not json").expect("write state");
 
-    let mut child = std::process::Command::new(sluice_tests::agent::sluice_bin())
-        .args(["run", "--config"])
-        .arg(&agent.config_path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start sluice run");
-    let end = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("sluice run kept running with an unreadable state file");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
-        .expect("stderr");
+    let (status, err) = agent.run_expecting_refusal();
     assert_eq!(status.code(), Some(70), "{err}");
     assert!(
         err.contains("rollouts.json is not readable") && err.contains("move it away"),
