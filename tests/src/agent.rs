@@ -54,6 +54,17 @@ impl Agent {
         )
     }
 
+    /// [`Agent::config_text`] with `top_level` (one `key: value` line) before `services:`.
+    pub fn config_text_with(
+        &self,
+        cgroup: &TestCgroup,
+        top_level: &str,
+        services_yaml: &str,
+    ) -> String {
+        self.config_text(cgroup, services_yaml)
+            .replace("services:\n", &format!("{top_level}\nservices:\n"))
+    }
+
     pub fn write_config(&self, cgroup: &TestCgroup, services_yaml: &str) {
         self.write_raw_config(&self.config_text(cgroup, services_yaml));
     }

@@ -122,9 +122,7 @@ fn bad_configs_are_rejected_and_change_nothing_in_the_kernel() {
     assert_eq!(r.total(), 100, "{r:?}");
 
     // Keys that need a restart are refused on reload, whatever else is valid.
-    let restart_only = agent
-        .config_text(&cg, &services(20))
-        .replace("services:\n", "signals: false\nservices:\n");
+    let restart_only = agent.config_text_with(&cg, "signals: false", &services(20));
     agent.write_raw_config(&restart_only);
     agent.wait_log("cannot change on reload", 1, Duration::from_secs(5));
     assert!(

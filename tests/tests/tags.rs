@@ -78,11 +78,7 @@ fn tags_go_when_sockets_are_released_with_steering_only() {
     let (busy, held) = (vip("127.77.8.1"), vip("127.77.8.2"));
     let yaml = service("web", busy, backend.addr) + &service("held", held, holder.addr);
     let mut agent = Agent::start(&t, &cg, &yaml);
-    agent.write_raw_config(
-        &agent
-            .config_text(&cg, &yaml)
-            .replace("services:\n", "signals: false\nservices:\n"),
-    );
+    agent.write_raw_config(&agent.config_text_with(&cg, "signals: false", &yaml));
     agent.kill9();
     agent.spawn();
 
@@ -169,11 +165,7 @@ fn tags_whose_slot_is_held_live_in_the_hash_and_work_the_same() {
     let yaml = service("web", web, backend.addr) + &service("held", held, holder.addr);
     // One slot: the first held connection takes it, every other tag goes to the hash.
     let mut agent = Agent::start(&t, &cg, &yaml);
-    agent.write_raw_config(
-        &agent
-            .config_text(&cg, &yaml)
-            .replace("services:\n", "socket_tag_slots: 1\nservices:\n"),
-    );
+    agent.write_raw_config(&agent.config_text_with(&cg, "socket_tag_slots: 1", &yaml));
     agent.kill9();
     std::fs::remove_dir_all(agent.maps_dir().parent().expect("abi dir")).expect("fresh pins");
     agent.spawn();
@@ -230,11 +222,7 @@ fn a_restart_with_another_slot_count_is_refused_and_changes_nothing() {
     let attached = Agent::attached(cg.path());
 
     agent.kill9();
-    agent.write_raw_config(
-        &agent
-            .config_text(&cg, &yaml)
-            .replace("services:\n", "socket_tag_slots: 1024\nservices:\n"),
-    );
+    agent.write_raw_config(&agent.config_text_with(&cg, "socket_tag_slots: 1024", &yaml));
     let (status, log) = agent.run_expecting_refusal();
     assert!(!status.success(), "{log}");
     assert!(
@@ -246,11 +234,7 @@ fn a_restart_with_another_slot_count_is_refused_and_changes_nothing() {
     assert_eq!(agent.sock_tags(), 1);
 
     // A bad value is refused before anything is touched.
-    agent.write_raw_config(
-        &agent
-            .config_text(&cg, &yaml)
-            .replace("services:\n", "socket_tag_slots: 1000\nservices:\n"),
-    );
+    agent.write_raw_config(&agent.config_text_with(&cg, "socket_tag_slots: 1000", &yaml));
     let (status, log) = agent.run_expecting_refusal();
     assert!(!status.success(), "{log}");
     assert!(
