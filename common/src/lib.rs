@@ -12,7 +12,7 @@ pub mod metrics;
 pub mod steer;
 
 /// Version of the pinned-map layout. An agent refuses to adopt pins made with another one.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Most services one node can steer. Service ids index per-CPU counter arrays.
 pub const MAX_SERVICES: u32 = 16_384;

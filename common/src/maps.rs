@@ -9,7 +9,6 @@ pub mod names {
     pub const SEGMENTS: &str = "SLUICE_SEGMENTS";
     pub const SOCK_TAGS: &str = "SLUICE_SOCK_TAGS";
     pub const TAG_SLOTS: &str = "SLUICE_TAG_SLOTS";
-    pub const RECENT_CLOSES: &str = "SLUICE_RECENT_CLOSES";
     pub const TAG_FILTER: &str = "SLUICE_TAG_FILTER";
     pub const STEER_COUNTERS: &str = "SLUICE_STEER_COUNTERS";
     pub const METRICS: &str = "SLUICE_METRICS";
@@ -35,12 +34,13 @@ pub mod programs {
     pub const CONNECT6: &str = "sluice_connect6";
     pub const GETPEERNAME4: &str = "sluice_getpeername4";
     pub const GETPEERNAME6: &str = "sluice_getpeername6";
-    pub const SOCK_OPS: &str = "sluice_sock_ops";
     pub const SKB_EGRESS: &str = "sluice_skb_egress";
     pub const SKB_INGRESS: &str = "sluice_skb_ingress";
     pub const SOCK_RELEASE: &str = "sluice_sock_release";
     pub const RESET_RECEIVED: &str = "sluice_reset_received";
     pub const RESET_SENT: &str = "sluice_reset_sent";
+    pub const RETRANSMITTED: &str = "sluice_retransmitted";
+    pub const SOCK_DESTROYED: &str = "sluice_sock_destroyed";
 }
 
 /// Version of a service a connection is steered to.
@@ -85,9 +85,26 @@ pub const DEFAULT_TAG_SLOTS: u32 = 65_536;
 pub const MAX_TAG_SLOTS: u32 = 1 << 20;
 /// The kernel object's global holding the slot count minus one.
 pub const TAG_SLOT_MASK: &str = "TAG_SLOT_MASK";
-/// The kernel object's global saying whether the signal programs are attached (1) or not
-/// (0): with them, a released socket keeps its tag until TCP closes the connection.
-pub const SIGNALS_ON: &str = "SIGNALS_ON";
+/// The kernel object's globals holding where `struct tcp_sock`'s counters lie in this
+/// kernel: the agent reads the offsets from the kernel's BTF at load (a field-by-name
+/// lookup, what CO-RE relocations do for C programs), and the verifier checks every read
+/// against the same BTF. Each field's size is fixed by the program's read; the agent
+/// refuses a kernel whose field has another.
+pub mod tcp_sock_fields {
+    /// (global, field, size in bytes).
+    pub const ALL: [(&str, &str, u32); 5] = [
+        (SRTT_US, "srtt_us", 4),
+        (BYTES_ACKED, "bytes_acked", 8),
+        (BYTES_RECEIVED, "bytes_received", 8),
+        (TOTAL_RETRANS, "total_retrans", 4),
+        (TOTAL_RTO, "total_rto", 2),
+    ];
+    pub const SRTT_US: &str = "TCP_SRTT_US_OFFSET";
+    pub const BYTES_ACKED: &str = "TCP_BYTES_ACKED_OFFSET";
+    pub const BYTES_RECEIVED: &str = "TCP_BYTES_RECEIVED_OFFSET";
+    pub const TOTAL_RETRANS: &str = "TCP_TOTAL_RETRANS_OFFSET";
+    pub const TOTAL_RTO: &str = "TCP_TOTAL_RTO_OFFSET";
+}
 
 /// Value of `SLUICE_TAG_SLOTS`: a tag and the cookie of the socket it belongs to; a zero
 /// cookie marks a free slot (the kernel never hands out cookie 0).
@@ -98,25 +115,6 @@ pub struct TagSlot {
     pub tag: SockTag,
 }
 const _: () = assert!(size_of::<TagSlot>() == 80);
-
-#[cfg(test)]
-mod recent_close_tests {
-    use super::*;
-
-    #[test]
-    fn the_n_th_cookie_of_two_cpus_runs_lands_on_two_entries() {
-        for run in 0..64u64 {
-            for other in (0..64u64).filter(|&o| o != run) {
-                for n in [0u64, 1, 100, 1023, 1024, 4095] {
-                    assert_ne!(
-                        recent_close_index(run * 4096 + n),
-                        recent_close_index(other * 4096 + n)
-                    );
-                }
-            }
-        }
-    }
-}
 
 #[cfg(test)]
 mod tag_filter_tests {
@@ -232,56 +230,31 @@ pub struct SockTag {
     pub http1: u8,
     pub service: u32,
     pub backend: u32,
-    /// Next sequence numbers expected out and in: earlier ones are retransmissions.
+    /// Next sequence numbers expected out and in: earlier ones are retransmissions. Set
+    /// from the SYN (out) and the SYN-ACK (in).
     pub tx_next: u32,
     pub rx_next: u32,
     /// An HTTP request was sent and its response has not started yet.
     pub outstanding: u8,
+    /// The SYN-ACK arrived (the handshake completed, from the caller's side).
     pub established: u8,
     /// A reset was received (a reset answering a SYN means the port was closed).
     pub reset_rx: u8,
-    /// A retransmission timer expired.
-    pub rto: u8,
-    /// `bpf_ktime_get_ns()` when the SYN goes out (sock_ops `TCP_CONNECT_CB`), at the
-    /// handshake's end, at the request's start. Zero while signals are off.
+    /// The connection's end was counted (at a reset, or when the kernel destroyed the
+    /// socket, whichever came first).
+    pub ended: u8,
+    /// When the first SYN left (its departure stamp), when the SYN-ACK arrived, when the
+    /// outstanding request left. `connect_ns` is zero until a SYN was seen (signals off, or
+    /// switched on after the handshake): such a socket's handshake is not counted.
     pub connect_ns: u64,
     pub established_ns: u64,
     pub request_ns: u64,
-    /// [`LIFE_RELEASED`] and [`LIFE_CLOSED`], set with atomic ORs: the release and TCP's
-    /// close may run at once on two CPUs, and the second of them removes the tag.
-    pub life: u64,
+    /// The socket's `total_retrans` and `total_rto` already counted (the retransmit
+    /// tracepoint counts the difference as it goes, the socket's destruction the rest).
+    pub retransmits_counted: u32,
+    pub rtos_counted: u32,
 }
 const _: () = assert!(size_of::<SockTag>() == 72);
-
-/// [`SockTag::life`]: the application released the socket (cgroup `sock_release`).
-pub const LIFE_RELEASED: u64 = 1;
-/// [`SockTag::life`]: TCP moved the connection to CLOSE (sock_ops state callback).
-pub const LIFE_CLOSED: u64 = 2;
-
-/// `SLUICE_RECENT_CLOSES`: the last tags removed at a close, by cookie bits. A reset TCP
-/// sends as it closes (a close with unread data, `SO_LINGER` 0) comes right after the
-/// state change, when the tag is gone: this is where `tcp_send_reset` finds its service.
-pub const RECENT_CLOSES: u32 = 1024;
-
-/// Index of a cookie in `SLUICE_RECENT_CLOSES`. Cookies come in per-CPU runs of 4096 that
-/// start at multiples of 4096: mixing in the run's bits keeps two CPUs closing their n-th
-/// socket at the same moment off the same entry.
-#[inline(always)]
-pub fn recent_close_index(cookie: u64) -> u32 {
-    ((cookie ^ (cookie >> 12)) as u32) & (RECENT_CLOSES - 1)
-}
-
-/// Value of `SLUICE_RECENT_CLOSES`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct RecentClose {
-    /// Zero once a reset has been counted with it (or never written).
-    pub cookie: u64,
-    pub service: u32,
-    pub version: u8,
-    pub _pad: [u8; 3],
-}
-const _: () = assert!(size_of::<RecentClose>() == 16);
 
 /// The v4-mapped form of an IPv4 address given in network byte order.
 #[inline(always)]
@@ -307,5 +280,4 @@ mod pod {
     unsafe impl aya::Pod for SegmentKey {}
     unsafe impl aya::Pod for SockTag {}
     unsafe impl aya::Pod for TagSlot {}
-    unsafe impl aya::Pod for RecentClose {}
 }

@@ -30,7 +30,7 @@ pub struct MetricsKey {
 const _: () = assert!(size_of::<MetricsKey>() == 8);
 
 // === Connection counters ===
-/// Handshake completed (sock_ops ACTIVE_ESTABLISHED).
+/// Handshake completed: the SYN-ACK arrived (cgroup_skb ingress).
 pub const ESTABLISHED: u32 = 0;
 /// Handshake failed: a reset answered the SYN (the port was closed).
 pub const FAILED_REFUSED: u32 = 1;
@@ -38,11 +38,14 @@ pub const FAILED_REFUSED: u32 = 1;
 pub const FAILED_TIMEOUT: u32 = 2;
 /// Handshake ended otherwise (ICMP error, the application gave up).
 pub const FAILED_OTHER: u32 = 3;
-/// Established connections that have closed.
+/// Established connections that have ended (the kernel destroyed the socket).
 pub const CLOSED: u32 = 4;
-/// Retransmitted segments (sock_ops RETRANS).
+/// Retransmitted segments: the socket's `total_retrans`, as it grows (tp_btf
+/// tcp_retransmit_skb) and at the end (tp_btf tcp_destroy_sock).
 pub const RETRANSMITS: u32 = 5;
-/// Retransmission timeouts (sock_ops RTO).
+/// Retransmission timer expiries that retransmitted: the socket's `total_rto` (tcp_info's
+/// `tcpi_total_rto`), counted as [`RETRANSMITS`]. An expiry that gives up ends the
+/// connection instead (a failed handshake of reason timeout).
 pub const RTO_EXPIRIES: u32 = 6;
 /// Resets received (tp_btf tcp_receive_reset).
 pub const RESETS_RECEIVED: u32 = 7;

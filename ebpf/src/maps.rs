@@ -11,8 +11,8 @@ use sluice_common::{
     MAX_SEGMENT_MEMBERS, MAX_SERVICES, MAX_SLOTS, MAX_SOCK_TAGS, MAX_VIPS,
     counters::{STEER_COUNTERS, steer_index},
     maps::{
-        Backend, DEFAULT_TAG_SLOTS, RECENT_CLOSES, RecentClose, SegmentKey, Service, SlotKey,
-        SockTag, TAG_FILTER_WORDS, TagSlot, VIP_PORT_WORDS, VipKey, vip_port_bit,
+        Backend, DEFAULT_TAG_SLOTS, SegmentKey, Service, SlotKey, SockTag, TAG_FILTER_WORDS,
+        TagSlot, VIP_PORT_WORDS, VipKey, vip_port_bit,
     },
     metrics::{ARRAY_METRICS_ENTRIES, Metrics, MetricsKey},
 };
@@ -50,14 +50,19 @@ pub static SLUICE_TAG_SLOTS: Array<TagSlot, { DEFAULT_TAG_SLOTS as usize }> = Ar
 #[unsafe(no_mangle)]
 pub static TAG_SLOT_MASK: Global<u32> = Global::new(DEFAULT_TAG_SLOTS - 1);
 
-/// Whether the signal programs are attached: the agent sets it at load (`signals`).
+/// Offsets of `struct tcp_sock`'s counters in the running kernel, set by the agent at load
+/// from the kernel's BTF (see `sluice_common::maps::tcp_sock_fields`). Frozen read-only
+/// data: the verifier knows each value, and checks every read at it against BTF.
 #[unsafe(no_mangle)]
-pub static SIGNALS_ON: Global<u8> = Global::new(1);
-
-/// The last tags removed at a close (see `sluice_common::maps::RECENT_CLOSES`).
-#[btf_map]
-pub static SLUICE_RECENT_CLOSES: Array<RecentClose, { RECENT_CLOSES as usize }> = Array::new();
-
+pub static TCP_SRTT_US_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub static TCP_BYTES_ACKED_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub static TCP_BYTES_RECEIVED_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub static TCP_TOTAL_RETRANS_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub static TCP_TOTAL_RTO_OFFSET: Global<u32> = Global::new(0);
 /// The tags whose slot was taken by another live socket, keyed by the socket's cookie.
 #[btf_map]
 pub static SLUICE_SOCK_TAGS: HashMap<u64, SockTag, { MAX_SOCK_TAGS as usize }, NO_PREALLOC> =

@@ -15,7 +15,7 @@ pub fn metrics_of(tag: &SockTag) -> Option<*mut Metrics> {
 
 /// The metrics slots of a service and version (this CPU's copy).
 #[inline(always)]
-pub fn metrics_for(service: u32, version: u8) -> Option<*mut Metrics> {
+fn metrics_for(service: u32, version: u8) -> Option<*mut Metrics> {
     if let Some(index) = metrics_array_index(service, version) {
         return SLUICE_METRICS_ARRAY.get_ptr_mut(index);
     }

@@ -6,14 +6,13 @@
 //!   sluice's business;
 //! - with steering alone, the tag goes when the application releases the socket (cgroup
 //!   `sock_release`);
-//! - with signals on, the tag goes at the later of the release and TCP's move to CLOSE
-//!   (sock_ops): the connection's close is counted at CLOSE, which often comes after the
-//!   release (the FIN handshake, a reset). A reset TCP sends right after CLOSE finds the
-//!   tag's service in `SLUICE_RECENT_CLOSES`.
+//! - with signals on, the tag goes when the kernel destroys the socket (tp_btf
+//!   `tcp_destroy_sock`, see `tcp`): after the release and TCP's close, whichever came
+//!   last, so the FIN handshake and a reset sent as the socket closes are still counted.
 
 use core::{
     ffi::c_void,
-    intrinsics::{AtomicOrdering::Relaxed, atomic_cxchg, atomic_or, atomic_xadd},
+    intrinsics::{AtomicOrdering::Relaxed, atomic_cxchg, atomic_xadd},
     ptr::read_volatile,
 };
 
@@ -21,11 +20,9 @@ use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_NOEXIST},
     helpers::bpf_get_socket_cookie,
 };
-use sluice_common::maps::{RecentClose, SockTag, TagSlot, recent_close_index, tag_filter_slot};
+use sluice_common::maps::{SockTag, TagSlot, tag_filter_slot};
 
-use crate::maps::{
-    SLUICE_RECENT_CLOSES, SLUICE_SOCK_TAGS, SLUICE_TAG_FILTER, SLUICE_TAG_SLOTS, TAG_SLOT_MASK,
-};
+use crate::maps::{SLUICE_SOCK_TAGS, SLUICE_TAG_FILTER, SLUICE_TAG_SLOTS, TAG_SLOT_MASK};
 
 /// The cookie of the socket of a context (or of a kernel socket pointer in tracing
 /// programs): the kernel gives each socket one on first use, unique while the machine runs.
@@ -48,7 +45,7 @@ pub fn tag_of(cookie: u64) -> Option<&'static mut SockTag> {
     let slot = slot_of(cookie)?;
     // SAFETY: a map value is valid memory for the program's run. A slot or hash entry freed
     // may be reused for another socket's tag at once, but a tag goes only when its socket is
-    // done (released, and with signals on closed by TCP): no hook then reads it again.
+    // done (released, and with signals on destroyed): no hook then reads it again.
     unsafe {
         if holder(slot) == cookie {
             return Some(&mut (*slot).tag);
@@ -149,53 +146,5 @@ pub fn forget(cookie: u64) {
         || SLUICE_SOCK_TAGS.remove(cookie).is_ok();
     if freed {
         filter_add(cookie, tag_filter_slot(cookie).1.wrapping_neg());
-    }
-}
-
-/// Sets a [`SockTag::life`] bit; returns the bits set before (see `LIFE_*`).
-#[inline(always)]
-pub fn mark(tag: &mut SockTag, bit: u64) -> u64 {
-    // SAFETY: a valid, aligned field of a map value.
-    unsafe { atomic_or::<u64, u64, { Relaxed }>(&raw mut tag.life, bit) }
-}
-
-/// Keeps a closing socket's service and version for a reset TCP may send right after.
-#[inline(always)]
-pub fn remember_close(cookie: u64, tag: &SockTag) {
-    if let Some(entry) = SLUICE_RECENT_CLOSES.get_ptr_mut(recent_close_index(cookie)) {
-        // SAFETY: a valid map value. Two closes racing for one entry leave one of them (a
-        // reset after the other would go uncounted); it takes two sockets with these cookie
-        // bits closing in the same microseconds.
-        unsafe {
-            *entry = RecentClose {
-                cookie,
-                service: tag.service,
-                version: tag.version,
-                _pad: [0; 3],
-            }
-        };
-    }
-}
-
-/// The entry remembering this cookie's close, if any: one load of a 16 KiB array, so that a
-/// reset of a socket that is none of sluice's leaves after it.
-#[inline(always)]
-pub fn recent_close(cookie: u64) -> Option<*mut RecentClose> {
-    let entry = SLUICE_RECENT_CLOSES.get_ptr_mut(recent_close_index(cookie))?;
-    // SAFETY: a valid map value, written by other CPUs: read once.
-    (unsafe { read_volatile(&raw const (*entry).cookie) } == cookie).then_some(entry)
-}
-
-/// The (service, version) of an entry from [`recent_close`], once: the cookie is cleared
-/// with a compare-and-swap, so of two takers only one gets it, and a socket counts at most
-/// one reset this way.
-#[inline(always)]
-pub fn take_recent_close(entry: *mut RecentClose, cookie: u64) -> Option<(u32, u8)> {
-    // SAFETY: a valid map value from `recent_close`.
-    unsafe {
-        let (service, version) = ((*entry).service, (*entry).version);
-        atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(&raw mut (*entry).cookie, cookie, 0)
-            .1
-            .then_some((service, version))
     }
 }

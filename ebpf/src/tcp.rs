@@ -1,139 +1,157 @@
-//! sock_ops: the TCP life of steered sockets: handshake outcome and latency, retransmits,
-//! RTO expiries, and at close the lifetime, smoothed RTT, bytes, and any HTTP request still
-//! outstanding. Minimum kernel: 4.16 (STATE_CB), 5.10 for `bytes_acked` in all states.
+//! TCP tracepoints (tp_btf) for the end of steered connections and their retransmissions.
+//! Both fire for every TCP socket of the machine, so the socket-tag lookup comes first.
+//!
+//! A connection's end is counted once (lifetime, smoothed RTT, bytes, an HTTP request left
+//! without its response, or why its handshake failed), at the first of:
+//! - a reset received, or one sent to abort it (`resets`): TCP closes it right after, and a
+//!   close with `SO_LINGER` 0 (`tcp_disconnect`) zeroes the counters before the socket goes;
+//! - `tcp_destroy_sock`: the kernel frees the socket, after the application released it and
+//!   TCP closed it, whichever came last. The tag goes then: every hook that can see the
+//!   socket (a FIN retransmitted after the release, a reset sent as it closes) has run.
+//!
+//! `struct tcp_sock`'s counters are read in place at the offsets the agent found in the
+//! kernel's BTF (see `sluice_common::maps::tcp_sock_fields`). Minimum kernel: 6.7
+//! (`total_rto`).
 
 use aya_ebpf::{
-    bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RETRANS_CB, BPF_SOCK_OPS_RETRANS_CB_FLAG,
-        BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
-        bpf_sock_ops,
-    },
-    helpers::{bpf_ktime_get_ns, bpf_sock_ops_cb_flags_set},
-    programs::SockOpsContext,
+    Global,
+    helpers::{bpf_ktime_get_ns, bpf_skc_to_tcp_sock},
+    programs::BtfTracePointContext,
 };
 use sluice_common::{
-    maps::{LIFE_CLOSED, LIFE_RELEASED, SockTag},
+    maps::SockTag,
     metrics::{
-        BYTES_RECEIVED, BYTES_SENT, CLOSED, ESTABLISHED, FAILED_OTHER, FAILED_REFUSED,
-        FAILED_TIMEOUT, HIST_CONNECT, HIST_LIFETIME, HIST_RTT, HTTP_INCOMPLETE, Metrics,
-        RETRANSMITS, RTO_EXPIRIES,
+        BYTES_RECEIVED, BYTES_SENT, CLOSED, FAILED_OTHER, FAILED_REFUSED, FAILED_TIMEOUT,
+        HIST_LIFETIME, HIST_RTT, HTTP_INCOMPLETE, Metrics, RETRANSMITS, RTO_EXPIRIES,
     },
 };
 
 use crate::{
+    maps::{
+        TCP_BYTES_ACKED_OFFSET, TCP_BYTES_RECEIVED_OFFSET, TCP_SRTT_US_OFFSET,
+        TCP_TOTAL_RETRANS_OFFSET, TCP_TOTAL_RTO_OFFSET,
+    },
     metrics::{bump, metrics_of, observe},
-    tags::{cookie_of, forget, mark, remember_close, tag_of},
+    tags::{cookie_of, forget, tag_of},
 };
 
-pub fn sock_ops(ctx: &SockOpsContext) {
-    let op = ctx.op();
-    // Most callbacks (RWND_INIT, TIMEOUT_INIT, NEEDS_ECN, ...) are none of our business.
-    if !matches!(
-        op,
-        BPF_SOCK_OPS_TCP_CONNECT_CB
-            | BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
-            | BPF_SOCK_OPS_STATE_CB
-            | BPF_SOCK_OPS_RTO_CB
-            | BPF_SOCK_OPS_RETRANS_CB
-    ) {
-        return;
+/// A `struct tcp_sock` of the running kernel.
+#[derive(Clone, Copy)]
+struct TcpSock(*const u8);
+
+impl TcpSock {
+    /// The TCP socket of a tracepoint's socket argument (null for other sockets).
+    #[inline(always)]
+    fn of(sk: *mut core::ffi::c_void) -> Option<Self> {
+        // SAFETY: a socket pointer from a tracepoint, checked non-null by the caller.
+        let tp = unsafe { bpf_skc_to_tcp_sock(sk) };
+        (!tp.is_null()).then_some(Self(tp.cast()))
     }
-    // Only the move to CLOSE matters of the state changes (two or three more a connection):
-    // leave the others before any lookup.
-    if op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) != BPF_TCP_CLOSE {
-        return;
-    }
-    // SAFETY: a valid context for the program's run.
-    let ops = unsafe { &*ctx.ops };
-    let cookie = cookie_of(ctx.ops.cast());
-    let Some(tag) = tag_of(cookie) else {
-        return;
-    };
-    if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
-        // The SYN is about to go out: the connect latency starts here.
-        // SAFETY: plain helper call.
-        tag.connect_ns = unsafe { bpf_ktime_get_ns() };
-        // Ask for the state, RTO and retransmit callbacks on this socket only.
-        let flags =
-            BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG;
-        // SAFETY: the context pointer the helper expects.
-        unsafe { bpf_sock_ops_cb_flags_set(ctx.ops, (ops.bpf_sock_ops_cb_flags | flags) as i32) };
-        return;
-    }
-    if op == BPF_SOCK_OPS_STATE_CB {
-        // The move to CLOSE (checked above). Counted only where the service still has its
-        // metrics (a service removed from the configuration may not); the tag's life goes on
-        // regardless.
-        if let Some(m) = metrics_of(tag) {
-            count_close(ctx, ops, tag, m);
-        }
-        // Released already: nothing reads the tag after this but a reset sent as part of
-        // this close (unread data, SO_LINGER 0), which finds the service in the recent
-        // closes. Not released (a reset received, a failed connect, a disconnect): the
-        // release removes it.
-        if mark(tag, LIFE_CLOSED) & LIFE_RELEASED != 0 {
-            remember_close(cookie, tag);
-            forget(cookie);
-        }
-        return;
-    }
-    let Some(m) = metrics_of(tag) else {
-        return;
-    };
-    match op {
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
-            // SAFETY: plain helper call.
-            let now = unsafe { bpf_ktime_get_ns() };
-            tag.established = 1;
-            tag.established_ns = now;
-            tag.tx_next = ops.snd_nxt;
-            tag.rx_next = ops.rcv_nxt;
-            bump(m, ESTABLISHED, 1);
-            // Zero when the SYN left before sock_ops was attached (signals switched on
-            // mid-handshake): no start, no latency.
-            if tag.connect_ns != 0 {
-                observe(m, HIST_CONNECT, now.saturating_sub(tag.connect_ns));
-            }
-        }
-        BPF_SOCK_OPS_RTO_CB => {
-            tag.rto = 1;
-            bump(m, RTO_EXPIRIES, 1);
-        }
-        _ => {
-            // BPF_SOCK_OPS_RETRANS_CB. args: first seq, segments, result; only
-            // retransmissions that went out count.
-            if ctx.arg(2) == 0 {
-                bump(m, RETRANSMITS, u64::from(ctx.arg(1)));
-            }
-        }
+
+    /// The field at the offset in `at`, of the size the agent checked it has.
+    #[inline(always)]
+    fn field<T: Copy>(self, at: &Global<u32>) -> T {
+        // SAFETY: a valid tcp_sock for the program's run; the offset and size are the
+        // kernel's own (from its BTF), and the verifier checks the read against the same.
+        unsafe { core::ptr::read_volatile(self.0.add(at.load() as usize).cast::<T>()) }
     }
 }
 
-/// A connection moved to CLOSE: its end if it was established (lifetime, RTT, bytes, an
-/// HTTP request left without its response), or why its handshake failed.
+/// `tcp_destroy_sock(struct sock *sk)`.
+pub fn destroyed(ctx: &BtfTracePointContext) {
+    let sk: *mut core::ffi::c_void = ctx.arg(0);
+    if sk.is_null() {
+        return;
+    }
+    let cookie = cookie_of(sk);
+    let Some(tag) = tag_of(cookie) else {
+        return;
+    };
+    end(sk, tag);
+    forget(cookie);
+}
+
+/// `tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb, ...)`: counted as
+/// it happens, so that a long-lived connection's retransmissions show before it ends.
+pub fn retransmitted(ctx: &BtfTracePointContext) {
+    let sk: *mut core::ffi::c_void = ctx.arg(0);
+    if sk.is_null() {
+        return;
+    }
+    let Some(tag) = tag_of(cookie_of(sk)) else {
+        return;
+    };
+    if let (Some(m), Some(tp)) = (metrics_of(tag), TcpSock::of(sk)) {
+        count_retransmits(tp, tag, m);
+    }
+}
+
+/// Counts the end of a tagged socket's connection, unless it was counted already. Every
+/// caller holds the socket's lock: no two run at once for one socket.
 #[inline(always)]
-fn count_close(ctx: &SockOpsContext, ops: &bpf_sock_ops, tag: &mut SockTag, m: *mut Metrics) {
+pub fn end(sk: *mut core::ffi::c_void, tag: &mut SockTag) {
+    if tag.ended != 0 {
+        return;
+    }
+    tag.ended = 1;
+    // Counted only where the service still has its metrics (a service removed from the
+    // configuration may not).
+    if let (Some(m), Some(tp)) = (metrics_of(tag), TcpSock::of(sk)) {
+        count_end(tp, tag, m);
+    }
+}
+
+/// Adds what the socket's retransmission counters gained since last counted. TCP updates
+/// them before the tracepoint. `tcp_disconnect` zeroes them: a smaller value adds nothing.
+#[inline(always)]
+fn count_retransmits(tp: TcpSock, tag: &mut SockTag, m: *mut Metrics) {
+    let retransmits: u32 = tp.field(&TCP_TOTAL_RETRANS_OFFSET);
+    let rtos = u32::from(tp.field::<u16>(&TCP_TOTAL_RTO_OFFSET));
+    if retransmits > tag.retransmits_counted {
+        bump(
+            m,
+            RETRANSMITS,
+            u64::from(retransmits - tag.retransmits_counted),
+        );
+        tag.retransmits_counted = retransmits;
+    }
+    if rtos > tag.rtos_counted {
+        bump(m, RTO_EXPIRIES, u64::from(rtos - tag.rtos_counted));
+        tag.rtos_counted = rtos;
+    }
+}
+
+/// A connection's end if it was established (lifetime, RTT, bytes, an HTTP request left
+/// without its response), or why its handshake failed.
+#[inline(always)]
+fn count_end(tp: TcpSock, tag: &mut SockTag, m: *mut Metrics) {
+    count_retransmits(tp, tag, m);
     if tag.established != 0 {
         // SAFETY: plain helper call.
         let now = unsafe { bpf_ktime_get_ns() };
         bump(m, CLOSED, 1);
         observe(m, HIST_LIFETIME, now.saturating_sub(tag.established_ns));
         // srtt_us holds 8x the smoothed RTT in microseconds.
-        observe(m, HIST_RTT, u64::from(ops.srtt_us >> 3) * 1_000);
+        observe(
+            m,
+            HIST_RTT,
+            u64::from(tp.field::<u32>(&TCP_SRTT_US_OFFSET) >> 3) * 1_000,
+        );
         // bytes_acked follows snd_una, which the SYN moved by one: not a byte sent.
         // (A FIN, once acknowledged, counts one too, as in tcp_info.)
-        bump(m, BYTES_SENT, ops.bytes_acked.saturating_sub(1));
-        bump(m, BYTES_RECEIVED, ops.bytes_received);
+        let acked: u64 = tp.field(&TCP_BYTES_ACKED_OFFSET);
+        bump(m, BYTES_SENT, acked.saturating_sub(1));
+        bump(m, BYTES_RECEIVED, tp.field(&TCP_BYTES_RECEIVED_OFFSET));
         if tag.outstanding != 0 {
             tag.outstanding = 0;
             bump(m, HTTP_INCOMPLETE, 1);
         }
-    } else if ctx.arg(0) == BPF_TCP_SYN_SENT {
-        // args[0] is the old state.
+    } else if tag.connect_ns != 0 {
+        // The SYN left and no SYN-ACK answered it. TCP never gives up on a SYN before
+        // sending it again (TCP_SYNCNT is at least 1): a timeout has retransmissions.
         let reason = if tag.reset_rx != 0 {
             FAILED_REFUSED
-        } else if tag.rto != 0 {
+        } else if tag.retransmits_counted != 0 {
             FAILED_TIMEOUT
         } else {
             FAILED_OTHER

@@ -12,11 +12,20 @@ use std::{net::SocketAddr, process::Command};
 
 pub use agent::Agent;
 
-/// Programs attached to the cgroup: connect4/6, getpeername4/6, sock_release, sock_ops, skb
-/// egress/ingress.
-pub const CGROUP_PROGRAMS: usize = 8;
-/// Links a restarted agent re-adopts: the cgroup ones plus two TCP tracepoints (resets).
-pub const ADOPTED_LINKS: usize = CGROUP_PROGRAMS + 2;
+/// Programs attached to the cgroup with signals on (the tests' default): connect4/6,
+/// getpeername4/6, skb egress/ingress.
+pub const CGROUP_PROGRAMS: usize = 6;
+/// With signals off: connect4/6, getpeername4/6, sock_release (which then ends the tags).
+pub const CGROUP_PROGRAMS_STEERING_ONLY: [&str; 5] = [
+    "sluice_connect4",
+    "sluice_connect6",
+    "sluice_getpeername4",
+    "sluice_getpeername6",
+    "sluice_sock_release",
+];
+/// Links a restarted agent re-adopts: the cgroup ones plus four TCP tracepoints (resets
+/// received and sent, retransmissions, socket destruction).
+pub const ADOPTED_LINKS: usize = CGROUP_PROGRAMS + 4;
 pub use backend::Backend;
 pub use cgroup::TestCgroup;
 

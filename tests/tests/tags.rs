@@ -1,7 +1,7 @@
 //! Socket tags (keyed by socket cookie: a slot of `SLUICE_TAG_SLOTS`, or `SLUICE_SOCK_TAGS`
 //! when a live socket holds that slot) live exactly as long as they are needed: while the
-//! application holds the socket (getpeername), and with signals on until TCP is done with it
-//! (its close and resets counted); then they are gone, so the maps never fill with dead
+//! application holds the socket (getpeername), and with signals on until the kernel destroys
+//! it (its close and resets counted); then they are gone, so the maps never fill with dead
 //! sockets. Needs root.
 
 use std::{
@@ -11,7 +11,8 @@ use std::{
 };
 
 use sluice_tests::{
-    Agent, Backend, TestCgroup, hold_probe, http::Scraped, probe, root_or_skip, tag, unused_port,
+    Agent, Backend, CGROUP_PROGRAMS_STEERING_ONLY, TestCgroup, hold_probe, http::Scraped, probe,
+    root_or_skip, tag, unused_port,
 };
 
 fn vip(ip: &str) -> SocketAddr {
@@ -81,6 +82,11 @@ fn tags_go_when_sockets_are_released_with_steering_only() {
     agent.write_raw_config(&agent.config_text_with(&cg, "signals: false", &yaml));
     agent.kill9();
     agent.spawn();
+    // Switched off, the signal programs went and the release program came (it ends the tags
+    // the destroy tracepoint ended with signals on).
+    let mut attached = Agent::attached(cg.path());
+    attached.sort();
+    assert_eq!(attached, CGROUP_PROGRAMS_STEERING_ONLY);
 
     let r = probe(Some(&cg), busy, 2_000);
     assert_eq!(r.total(), 2_000, "{r:?}");

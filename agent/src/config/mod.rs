@@ -33,7 +33,7 @@ pub struct Config {
     pub api_socket: PathBuf,
     /// Where `/metrics`, `/ready` and `/live` are served.
     pub metrics_address: SocketAddr,
-    /// Attach the signal programs (sock_ops, cgroup_skb, TCP tracepoints). Off: steering only.
+    /// Attach the signal programs (cgroup_skb, TCP tracepoints). Off: steering only.
     pub signals: bool,
     /// Where the rollout controller keeps its state across restarts.
     pub state_path: PathBuf,

@@ -13,7 +13,7 @@ use aya::{
     Btf,
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock,
-        CgroupSockAddr, SockOps, links::FdLink,
+        CgroupSockAddr, links::FdLink,
     },
 };
 use sluice_common::maps::programs;
@@ -25,34 +25,54 @@ use crate::{cgroup, sys};
 enum CgroupHook {
     SockAddr,
     Sock,
-    SockOps,
     Skb(CgroupSkbAttachType),
 }
 
-/// (program, hook, whether it measures signals rather than steers).
-const CGROUP_PROGRAMS: [(&str, CgroupHook, bool); 8] = [
-    (programs::CONNECT4, CgroupHook::SockAddr, false),
-    (programs::CONNECT6, CgroupHook::SockAddr, false),
-    (programs::GETPEERNAME4, CgroupHook::SockAddr, false),
-    (programs::GETPEERNAME6, CgroupHook::SockAddr, false),
-    (programs::SOCK_RELEASE, CgroupHook::Sock, false),
-    (programs::SOCK_OPS, CgroupHook::SockOps, true),
+/// When a cgroup program is attached.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum When {
+    Always,
+    /// With signals on: it measures.
+    Signals,
+    /// With signals off: the tag's end. With them on, `tcp_destroy_sock` ends it, and a
+    /// release program would only cost every connection of the cgroup one more run.
+    NoSignals,
+}
+
+impl When {
+    fn attached(self, signals: bool) -> bool {
+        match self {
+            When::Always => true,
+            When::Signals => signals,
+            When::NoSignals => !signals,
+        }
+    }
+}
+
+const CGROUP_PROGRAMS: [(&str, CgroupHook, When); 7] = [
+    (programs::CONNECT4, CgroupHook::SockAddr, When::Always),
+    (programs::CONNECT6, CgroupHook::SockAddr, When::Always),
+    (programs::GETPEERNAME4, CgroupHook::SockAddr, When::Always),
+    (programs::GETPEERNAME6, CgroupHook::SockAddr, When::Always),
+    (programs::SOCK_RELEASE, CgroupHook::Sock, When::NoSignals),
     (
         programs::SKB_EGRESS,
         CgroupHook::Skb(CgroupSkbAttachType::Egress),
-        true,
+        When::Signals,
     ),
     (
         programs::SKB_INGRESS,
         CgroupHook::Skb(CgroupSkbAttachType::Ingress),
-        true,
+        When::Signals,
     ),
 ];
 
-/// Tracepoint programs (tp_btf): (program, tracepoint).
-const TRACEPOINT_PROGRAMS: [(&str, &str); 2] = [
+/// Tracepoint programs (tp_btf), attached with signals on: (program, tracepoint).
+const TRACEPOINT_PROGRAMS: [(&str, &str); 4] = [
     (programs::RESET_RECEIVED, "tcp_receive_reset"),
     (programs::RESET_SENT, "tcp_send_reset"),
+    (programs::RETRANSMITTED, "tcp_retransmit_skb"),
+    (programs::SOCK_DESTROYED, "tcp_destroy_sock"),
 ];
 
 pub fn links_dir(pin_dir: &Path, cgroup_id: u64) -> PathBuf {
@@ -60,8 +80,8 @@ pub fn links_dir(pin_dir: &Path, cgroup_id: u64) -> PathBuf {
 }
 
 /// Attaches every program, or re-adopts the links an earlier agent pinned. Returns how many
-/// links were adopted. Without `signals`, only the steering programs are attached, and
-/// signal links an earlier agent pinned are removed.
+/// links were adopted. Links an earlier agent pinned for programs this one does not attach
+/// (`signals` switched) are removed, after the new ones are attached.
 pub fn attach_or_adopt(
     ebpf: &mut aya::Ebpf,
     pin_dir: &Path,
@@ -77,12 +97,11 @@ pub fn attach_or_adopt(
     let dir = links_dir(pin_dir, cgroup_id);
     mkdir(&dir)?;
     let mut adopted = 0;
-    for (name, hook, signal) in CGROUP_PROGRAMS {
+    let mut unwanted = Vec::new();
+    for (name, hook, when) in CGROUP_PROGRAMS {
         let pin = dir.join(name);
-        if signal && !signals {
-            if fs::remove_file(&pin).is_ok() {
-                tracing::info!(program = name, "signals off: detached");
-            }
+        if !when.attached(signals) {
+            unwanted.push((name, pin));
             continue;
         }
         let prog_err = |source| DataplaneError::Program { name, source };
@@ -110,7 +129,6 @@ pub fn attach_or_adopt(
                 load_adopt_or_attach!(CgroupSockAddr, |p| p.attach(&cgroup_file, mode))
             }
             CgroupHook::Sock => load_adopt_or_attach!(CgroupSock, |p| p.attach(&cgroup_file, mode)),
-            CgroupHook::SockOps => load_adopt_or_attach!(SockOps, |p| p.attach(&cgroup_file, mode)),
             CgroupHook::Skb(direction) => {
                 load_adopt_or_attach!(CgroupSkb, |p| p.attach(&cgroup_file, direction, mode))
             }
@@ -123,7 +141,21 @@ pub fn attach_or_adopt(
     let tracepoints = pin_dir.join("links").join("tracepoints");
     if signals {
         adopted += attach_tracepoints(ebpf, &tracepoints)?;
-    } else {
+    }
+    // Only now that what replaces them runs: with signals switched on, the destroy
+    // tracepoint must end the tags before the release program stops; switched off, the
+    // other way round. (A socket released while signals were on and destroyed after they
+    // went off keeps its tag until `sluice detach`.)
+    for (name, pin) in unwanted {
+        if fs::remove_file(&pin).is_ok() {
+            tracing::info!(
+                program = name,
+                signals,
+                "detached (not used with this signals setting)"
+            );
+        }
+    }
+    if !signals {
         remove_tree(&tracepoints);
     }
     // Links pinned for another cgroup (the config's cgroup changed while we were down):

@@ -8,10 +8,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
 };
 use sluice_common::{
-    maps::{
-        Backend, RecentClose, SIGNALS_ON, SegmentKey, Service, SlotKey, SockTag, TAG_SLOT_MASK,
-        TagSlot, VipKey, names,
-    },
+    maps::{Backend, SegmentKey, Service, SlotKey, SockTag, TAG_SLOT_MASK, TagSlot, VipKey, names},
     metrics::{Metrics, MetricsKey, metrics_array_index},
 };
 
@@ -82,16 +79,11 @@ impl Maps {
 }
 
 /// (name, key size, value size) of each pinned map: checked before adopting a pin.
-const LAYOUTS: [(&str, usize, usize); 11] = [
+const LAYOUTS: [(&str, usize, usize); 10] = [
     (names::SERVICES, size_of::<VipKey>(), size_of::<Service>()),
     (names::SLOTS, size_of::<SlotKey>(), size_of::<Backend>()),
     (names::SEGMENTS, size_of::<SegmentKey>(), size_of::<u8>()),
     (names::TAG_SLOTS, size_of::<u32>(), size_of::<TagSlot>()),
-    (
-        names::RECENT_CLOSES,
-        size_of::<u32>(),
-        size_of::<RecentClose>(),
-    ),
     (names::SOCK_TAGS, size_of::<u64>(), size_of::<SockTag>()),
     (names::TAG_FILTER, size_of::<u32>(), size_of::<u32>()),
     (names::STEER_COUNTERS, size_of::<u32>(), size_of::<u64>()),
@@ -142,8 +134,8 @@ pub fn prepare_pin_dir(pin_root: &Path, pin_dir: &Path) -> Result<(), DataplaneE
 }
 
 /// Loads the object, re-using pinned maps where they exist. `tag_slots` (a power of two)
-/// sizes `SLUICE_TAG_SLOTS`; pinned slots must have that size. `signals` tells the release
-/// program whether TCP's close will remove the tags it leaves.
+/// sizes `SLUICE_TAG_SLOTS`; pinned slots must have that size. With `signals`, the signal
+/// programs get `struct tcp_sock`'s layout from the kernel's BTF.
 pub fn load(
     object: &[u8],
     pin_dir: &Path,
@@ -169,12 +161,23 @@ pub fn load(
             });
         }
     }
-    let (mask, signals_on) = (tag_slots - 1, u8::from(signals));
+    // The signal programs read struct tcp_sock in place: without its layout, refuse to
+    // start rather than load them (steering alone needs none of it).
+    let tcp_sock = if signals {
+        let btf = std::fs::read("/sys/kernel/btf/vmlinux")
+            .map_err(|e| DataplaneError::Btf(e.to_string()))?;
+        super::btf::tcp_sock_offsets(&btf).map_err(DataplaneError::Btf)?
+    } else {
+        Vec::new()
+    };
+    let mask = tag_slots - 1;
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(names::TAG_SLOTS, tag_slots)
-        .override_global(TAG_SLOT_MASK, &mask, true)
-        .override_global(SIGNALS_ON, &signals_on, true);
+        .override_global(TAG_SLOT_MASK, &mask, true);
+    for (global, offset) in &tcp_sock {
+        loader.override_global(global, offset, true);
+    }
     let paths: Vec<_> = LAYOUTS
         .iter()
         .map(|(n, ..)| (*n, map_dir.join(n)))

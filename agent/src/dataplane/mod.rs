@@ -2,6 +2,7 @@
 //! and write configurations into the maps transactionally.
 
 mod apply;
+mod btf;
 mod desired;
 mod links;
 mod maps;

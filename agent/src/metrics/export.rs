@@ -209,7 +209,7 @@ fn version_series(f: &mut Families, s: &ServiceSample, v: usize, l: &VersionLabe
     );
     f.counter(
         "sluice_connections_established_total",
-        "Handshakes completed (sock_ops).",
+        "Handshakes completed: the SYN-ACK arrived (cgroup_skb ingress).",
         l.pairs(&[]),
         at(ESTABLISHED),
     );
@@ -220,14 +220,14 @@ fn version_series(f: &mut Families, s: &ServiceSample, v: usize, l: &VersionLabe
     ] {
         f.counter(
             "sluice_connections_failed_total",
-            "Handshakes that failed: refused (a reset answered the SYN), timeout, other (sock_ops, tcp_receive_reset).",
+            "Handshakes that failed: refused (a reset answered the SYN), timeout (SYNs retransmitted, none answered), other (tp_btf tcp_destroy_sock, tcp_receive_reset).",
             l.pairs(&[("reason", reason)]),
             at(slot),
         );
     }
     f.counter(
         "sluice_connections_closed_total",
-        "Established connections closed (sock_ops).",
+        "Established connections ended: at a reset, or when the kernel destroyed the socket (tp_btf tcp_receive_reset, tcp_send_reset, tcp_destroy_sock).",
         l.pairs(&[]),
         at(CLOSED),
     );
@@ -240,12 +240,12 @@ fn version_series(f: &mut Families, s: &ServiceSample, v: usize, l: &VersionLabe
     let counters = [
         (
             "sluice_tcp_retransmits_total",
-            "Retransmitted segments (sock_ops).",
+            "Retransmitted segments: the socket's total_retrans, as it grows (tp_btf tcp_retransmit_skb, tcp_destroy_sock).",
             RETRANSMITS,
         ),
         (
             "sluice_tcp_rto_expirations_total",
-            "Retransmission timeouts (sock_ops).",
+            "Retransmission timer expiries that retransmitted, as tcp_info's tcpi_total_rto (tp_btf tcp_retransmit_skb, tcp_destroy_sock).",
             RTO_EXPIRIES,
         ),
         (
@@ -260,12 +260,12 @@ fn version_series(f: &mut Families, s: &ServiceSample, v: usize, l: &VersionLabe
         ),
         (
             "sluice_sent_bytes_total",
-            "Bytes acknowledged by the peer, counted at close (sock_ops).",
+            "Bytes acknowledged by the peer, counted at the connection's end (tcp_sock bytes_acked).",
             BYTES_SENT,
         ),
         (
             "sluice_received_bytes_total",
-            "Bytes received, counted at close (sock_ops).",
+            "Bytes received, counted at the connection's end (tcp_sock bytes_received).",
             BYTES_RECEIVED,
         ),
     ];
@@ -275,17 +275,17 @@ fn version_series(f: &mut Families, s: &ServiceSample, v: usize, l: &VersionLabe
     let histograms = [
         (
             "sluice_connect_duration_seconds",
-            "connect() to established (sock_ops).",
+            "SYN sent to SYN-ACK received (cgroup_skb egress and ingress).",
             HIST_CONNECT,
         ),
         (
             "sluice_tcp_rtt_seconds",
-            "Smoothed RTT of each established connection, at close (sock_ops).",
+            "Smoothed RTT of each established connection, at its end (tcp_sock srtt_us).",
             HIST_RTT,
         ),
         (
             "sluice_connection_duration_seconds",
-            "Established to closed (sock_ops).",
+            "Established to the connection's end (a reset, or the kernel destroying the socket).",
             HIST_LIFETIME,
         ),
     ];
@@ -329,7 +329,7 @@ fn http_series(f: &mut Families, m: &[u64], l: &VersionLabels<'_>) {
         ),
         (
             "sluice_http_incomplete_requests_total",
-            "Requests outstanding when the connection closed or was reset (sock_ops).",
+            "Requests outstanding when the connection ended (a reset, a close).",
             HTTP_INCOMPLETE,
         ),
     ] {
