@@ -85,20 +85,24 @@ pub const DEFAULT_TAG_SLOTS: u32 = 65_536;
 pub const MAX_TAG_SLOTS: u32 = 1 << 20;
 /// The kernel object's global holding the slot count minus one.
 pub const TAG_SLOT_MASK: &str = "TAG_SLOT_MASK";
-/// The kernel object's globals holding where `struct tcp_sock`'s counters lie in this
-/// kernel: the agent reads the offsets from the kernel's BTF at load (a field-by-name
-/// lookup, what CO-RE relocations do for C programs), and the verifier checks every read
-/// against the same BTF. Each field's size is fixed by the program's read; the agent
-/// refuses a kernel whose field has another.
-pub mod tcp_sock_fields {
-    /// (global, field, size in bytes).
-    pub const ALL: [(&str, &str, u32); 5] = [
-        (SRTT_US, "srtt_us", 4),
-        (BYTES_ACKED, "bytes_acked", 8),
-        (BYTES_RECEIVED, "bytes_received", 8),
-        (TOTAL_RETRANS, "total_retrans", 4),
-        (TOTAL_RTO, "total_rto", 2),
+/// The kernel object's globals holding where the kernel fields the tracing programs read
+/// lie in this kernel: the agent reads the offsets from the kernel's BTF at load (a
+/// field-by-name lookup, what CO-RE relocations do for C programs), and the verifier checks
+/// every read against the same BTF. Each field's size is fixed by the program's read; the
+/// agent refuses a kernel whose field has another.
+pub mod kernel_fields {
+    /// (global, struct, field, size in bytes).
+    pub const ALL: [(&str, &str, &str, u32); 6] = [
+        (SOCK_COOKIE, "sock_common", "skc_cookie", 8),
+        (SRTT_US, "tcp_sock", "srtt_us", 4),
+        (BYTES_ACKED, "tcp_sock", "bytes_acked", 8),
+        (BYTES_RECEIVED, "tcp_sock", "bytes_received", 8),
+        (TOTAL_RETRANS, "tcp_sock", "total_retrans", 4),
+        (TOTAL_RTO, "tcp_sock", "total_rto", 2),
     ];
+    /// A socket's cookie as the kernel holds it: zero until something asked for it. Every
+    /// tagged socket has one (connect4 made it).
+    pub const SOCK_COOKIE: &str = "SOCK_COOKIE_OFFSET";
     pub const SRTT_US: &str = "TCP_SRTT_US_OFFSET";
     pub const BYTES_ACKED: &str = "TCP_BYTES_ACKED_OFFSET";
     pub const BYTES_RECEIVED: &str = "TCP_BYTES_RECEIVED_OFFSET";

@@ -50,9 +50,12 @@ pub static SLUICE_TAG_SLOTS: Array<TagSlot, { DEFAULT_TAG_SLOTS as usize }> = Ar
 #[unsafe(no_mangle)]
 pub static TAG_SLOT_MASK: Global<u32> = Global::new(DEFAULT_TAG_SLOTS - 1);
 
-/// Offsets of `struct tcp_sock`'s counters in the running kernel, set by the agent at load
-/// from the kernel's BTF (see `sluice_common::maps::tcp_sock_fields`). Frozen read-only
-/// data: the verifier knows each value, and checks every read at it against BTF.
+/// Offsets of the kernel fields the tracing programs read (a socket's cookie, `struct
+/// tcp_sock`'s counters), set by the agent at load from the kernel's BTF (see
+/// `sluice_common::maps::kernel_fields`). Frozen read-only data: the verifier knows each
+/// value, and checks every read at it against BTF.
+#[unsafe(no_mangle)]
+pub static SOCK_COOKIE_OFFSET: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 pub static TCP_SRTT_US_OFFSET: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]

@@ -8,7 +8,7 @@ use sluice_common::metrics::{RESETS_RECEIVED, RESETS_SENT};
 
 use crate::{
     metrics::{bump, metrics_of},
-    tags::{cookie_of, tag_of},
+    tags::{kernel_cookie, tag_of},
     tcp,
 };
 
@@ -18,7 +18,7 @@ pub fn received(ctx: &BtfTracePointContext) {
     if sk.is_null() {
         return;
     }
-    let Some(tag) = tag_of(cookie_of(sk)) else {
+    let Some(tag) = tag_of(kernel_cookie(sk)) else {
         return;
     };
     tag.reset_rx = 1;
@@ -38,7 +38,7 @@ pub fn sent(ctx: &BtfTracePointContext) {
     if sk.is_null() {
         return;
     }
-    let Some(tag) = tag_of(cookie_of(sk)) else {
+    let Some(tag) = tag_of(kernel_cookie(sk)) else {
         return;
     };
     if let Some(m) = metrics_of(tag) {

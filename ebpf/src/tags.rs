@@ -22,16 +22,35 @@ use aya_ebpf::{
 };
 use sluice_common::maps::{SockTag, TagSlot, tag_filter_slot};
 
-use crate::maps::{SLUICE_SOCK_TAGS, SLUICE_TAG_FILTER, SLUICE_TAG_SLOTS, TAG_SLOT_MASK};
+use crate::maps::{
+    SLUICE_SOCK_TAGS, SLUICE_TAG_FILTER, SLUICE_TAG_SLOTS, SOCK_COOKIE_OFFSET, TAG_SLOT_MASK,
+};
 
-/// The cookie of the socket of a context (or of a kernel socket pointer in tracing
-/// programs): the kernel gives each socket one on first use, unique while the machine runs.
-/// Zero when there is no socket.
+/// The cookie of the socket of a (cgroup program's) context: the kernel gives each socket
+/// one on first use, unique while the machine runs. Zero when there is no socket.
 #[inline(always)]
-pub fn cookie_of(ctx_or_sk: *mut c_void) -> u64 {
-    // SAFETY: a context pointer of a program type whose cookie helper takes its context, or
-    // a socket pointer the verifier accepts (tracing).
-    unsafe { bpf_get_socket_cookie(ctx_or_sk) }
+pub fn cookie_of(ctx: *mut c_void) -> u64 {
+    // SAFETY: a context pointer of a program type whose cookie helper takes its context.
+    unsafe { bpf_get_socket_cookie(ctx) }
+}
+
+/// The cookie a kernel socket (a tracing program's argument, full, request or time-wait)
+/// already has, read in place: zero if nothing asked for one yet, and then it is not
+/// sluice's (connect4 made one for every steered socket). Unlike the cookie helper, this
+/// neither calls out nor makes a cookie (an atomic exchange on a cold line of the socket)
+/// for every socket of the machine that passes a tracepoint.
+#[inline(always)]
+pub fn kernel_cookie(sk: *const c_void) -> u64 {
+    // SAFETY: a valid socket pointer for the program's run; the offset is sock_common's
+    // skc_cookie (an atomic64_t) in this kernel, from its BTF, and the verifier checks the
+    // read against the same BTF.
+    unsafe {
+        read_volatile(
+            sk.cast::<u8>()
+                .add(SOCK_COOKIE_OFFSET.load() as usize)
+                .cast::<u64>(),
+        )
+    }
 }
 
 /// The tag of the socket with this cookie, if it was steered. The filter comes first: for

@@ -10,7 +10,7 @@
 //!   socket (a FIN retransmitted after the release, a reset sent as it closes) has run.
 //!
 //! `struct tcp_sock`'s counters are read in place at the offsets the agent found in the
-//! kernel's BTF (see `sluice_common::maps::tcp_sock_fields`). Minimum kernel: 6.7
+//! kernel's BTF (see `sluice_common::maps::kernel_fields`). Minimum kernel: 6.7
 //! (`total_rto`).
 
 use aya_ebpf::{
@@ -32,7 +32,7 @@ use crate::{
         TCP_TOTAL_RETRANS_OFFSET, TCP_TOTAL_RTO_OFFSET,
     },
     metrics::{bump, metrics_of, observe},
-    tags::{cookie_of, forget, tag_of},
+    tags::{forget, kernel_cookie, tag_of},
 };
 
 /// A `struct tcp_sock` of the running kernel.
@@ -63,7 +63,7 @@ pub fn destroyed(ctx: &BtfTracePointContext) {
     if sk.is_null() {
         return;
     }
-    let cookie = cookie_of(sk);
+    let cookie = kernel_cookie(sk);
     let Some(tag) = tag_of(cookie) else {
         return;
     };
@@ -78,7 +78,7 @@ pub fn retransmitted(ctx: &BtfTracePointContext) {
     if sk.is_null() {
         return;
     }
-    let Some(tag) = tag_of(cookie_of(sk)) else {
+    let Some(tag) = tag_of(kernel_cookie(sk)) else {
         return;
     };
     if let (Some(m), Some(tp)) = (metrics_of(tag), TcpSock::of(sk)) {

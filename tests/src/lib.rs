@@ -121,6 +121,23 @@ pub fn syn_limited_probe(
     probe_result(&v)
 }
 
+/// Starts the probe for one connect with TCP_SYNCNT set and returns at once: a connect that
+/// keeps sending its SYN (to a [`full_listener`]) until the test kills the probe.
+pub fn spawn_syn_limited_probe(
+    cgroup: &TestCgroup,
+    target: SocketAddr,
+    syncnt: u32,
+) -> std::process::Child {
+    Command::new(probe_bin())
+        .arg("--cgroup")
+        .arg(cgroup.path())
+        .args(["--connect", &target.to_string(), "--count", "1"])
+        .args(["--syncnt", &syncnt.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("syn-limited probe")
+}
+
 /// A listener with a backlog of 0 that never accepts: once one connection waits in its
 /// queue, the kernel drops every further SYN (real loss, on loopback).
 pub fn full_listener(ip: std::net::Ipv4Addr) -> (std::net::TcpListener, std::net::TcpStream) {

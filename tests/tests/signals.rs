@@ -403,6 +403,35 @@ fn handshake_timeouts_retransmits_and_rtos_are_counted() {
         rtos, retransmits,
         "every RTO expiry but the last retransmitted a SYN"
     );
+
+    // Retransmissions count as they happen, not when the connection ends: a connect still
+    // sending its SYN (a retransmission a second, 6.x's linear timeouts) shows them.
+    let mut pending = sluice_tests::spawn_syn_limited_probe(&cg, slow, 6);
+    std::thread::sleep(Duration::from_millis(2_600));
+    let (live, _) = Scraped::fetch(agent.metrics_addr());
+    let live_retransmits = live.get("sluice_tcp_retransmits_total", &l(&[])) - retransmits;
+    let timeouts = |m: &Scraped| {
+        m.get(
+            "sluice_connections_failed_total",
+            &l(&[("reason", "timeout")]),
+        )
+    };
+    assert!(
+        (1..=3).contains(&live_retransmits),
+        "{live_retransmits} SYN retransmissions counted while the connect went on"
+    );
+    assert_eq!(timeouts(&live), timed_out, "the connect has not ended yet");
+    // The client gives up (killed, by its pid): a connect that retransmitted and got no
+    // answer is a timeout.
+    pending.kill().expect("kill the pending client");
+    pending.wait().expect("client exit");
+    std::thread::sleep(Duration::from_millis(300));
+    let (m, _) = Scraped::fetch(agent.metrics_addr());
+    assert_eq!(timeouts(&m), timed_out + 1);
+    assert_eq!(
+        m.get("sluice_tcp_retransmits_total", &l(&[])),
+        m.get("sluice_tcp_rto_expirations_total", &l(&[]))
+    );
     drop(listener);
 }
 

@@ -222,22 +222,28 @@ impl<'a> Btf<'a> {
     }
 }
 
-/// The offsets of `struct tcp_sock`'s fields the signal programs read, checked against the
-/// sizes they read them with: (global, offset), in `tcp_sock_fields::ALL`'s order.
-pub fn tcp_sock_offsets(btf: &[u8]) -> Result<Vec<(&'static str, u32)>, String> {
-    use sluice_common::maps::tcp_sock_fields;
-    let fields = Btf::parse(btf)?.struct_fields("tcp_sock")?;
-    tcp_sock_fields::ALL
+/// The offsets of the kernel fields the signal programs read, checked against the sizes
+/// they read them with: (global, offset), in `kernel_fields::ALL`'s order.
+pub fn kernel_field_offsets(btf: &[u8]) -> Result<Vec<(&'static str, u32)>, String> {
+    use sluice_common::maps::kernel_fields;
+    let btf = Btf::parse(btf)?;
+    let mut structs = HashMap::new();
+    kernel_fields::ALL
         .iter()
-        .map(|&(global, name, size)| match fields.get(name) {
-            Some(f) if f.size == size => Ok((global, f.offset)),
-            Some(f) => Err(format!(
-                "struct tcp_sock's {name} is {} bytes here, sluice reads {size}",
-                f.size
-            )),
-            None => Err(format!(
-                "struct tcp_sock has no {name} (the signal programs need Linux 6.7 or later)"
-            )),
+        .map(|&(global, strukt, name, size)| {
+            if !structs.contains_key(strukt) {
+                structs.insert(strukt, btf.struct_fields(strukt)?);
+            }
+            match structs[strukt].get(name) {
+                Some(f) if f.size == size => Ok((global, f.offset)),
+                Some(f) => Err(format!(
+                    "struct {strukt}'s {name} is {} bytes here, sluice reads {size}",
+                    f.size
+                )),
+                None => Err(format!(
+                    "struct {strukt} has no {name} (the signal programs need Linux 6.7 or later)"
+                )),
+            }
         })
         .collect()
 }
@@ -316,7 +322,7 @@ mod tests {
     }
 
     #[test]
-    fn the_running_kernels_tcp_sock_has_every_field() {
+    fn the_running_kernel_has_every_field() {
         let Ok(data) = std::fs::read("/sys/kernel/btf/vmlinux") else {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
@@ -325,9 +331,14 @@ mod tests {
             eprintln!("skipped: no /sys/kernel/btf/vmlinux on this host");
             return;
         };
-        let offsets = tcp_sock_offsets(&data).expect("tcp_sock fields");
-        assert_eq!(offsets.len(), 5);
-        // Nothing sits at the very start of tcp_sock but the inet_connection_sock.
-        assert!(offsets.iter().all(|&(_, off)| off > 1000), "{offsets:?}");
+        let offsets = kernel_field_offsets(&data).expect("kernel fields");
+        assert_eq!(offsets.len(), 6);
+        // The cookie is in sock_common, the start of every socket; the counters come after
+        // tcp_sock's inet_connection_sock, well over a kilobyte in.
+        assert!(offsets[0].1 > 0 && offsets[0].1 < 200, "{offsets:?}");
+        assert!(
+            offsets[1..].iter().all(|&(_, off)| off > 1000),
+            "{offsets:?}"
+        );
     }
 }

@@ -135,7 +135,7 @@ pub fn prepare_pin_dir(pin_root: &Path, pin_dir: &Path) -> Result<(), DataplaneE
 
 /// Loads the object, re-using pinned maps where they exist. `tag_slots` (a power of two)
 /// sizes `SLUICE_TAG_SLOTS`; pinned slots must have that size. With `signals`, the signal
-/// programs get `struct tcp_sock`'s layout from the kernel's BTF.
+/// programs get the layout of the kernel fields they read from the kernel's BTF.
 pub fn load(
     object: &[u8],
     pin_dir: &Path,
@@ -161,12 +161,12 @@ pub fn load(
             });
         }
     }
-    // The signal programs read struct tcp_sock in place: without its layout, refuse to
+    // The signal programs read kernel structs in place: without their layout, refuse to
     // start rather than load them (steering alone needs none of it).
-    let tcp_sock = if signals {
+    let kernel_fields = if signals {
         let btf = std::fs::read("/sys/kernel/btf/vmlinux")
             .map_err(|e| DataplaneError::Btf(e.to_string()))?;
-        super::btf::tcp_sock_offsets(&btf).map_err(DataplaneError::Btf)?
+        super::btf::kernel_field_offsets(&btf).map_err(DataplaneError::Btf)?
     } else {
         Vec::new()
     };
@@ -175,7 +175,7 @@ pub fn load(
     loader
         .map_max_entries(names::TAG_SLOTS, tag_slots)
         .override_global(TAG_SLOT_MASK, &mask, true);
-    for (global, offset) in &tcp_sock {
+    for (global, offset) in &kernel_fields {
         loader.override_global(global, offset, true);
     }
     let paths: Vec<_> = LAYOUTS
