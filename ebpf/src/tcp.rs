@@ -131,12 +131,13 @@ fn count_end(tp: TcpSock, tag: &mut SockTag, m: *mut Metrics) {
         let now = unsafe { bpf_ktime_get_ns() };
         bump(m, CLOSED, 1);
         observe(m, HIST_LIFETIME, now.saturating_sub(tag.established_ns));
-        // srtt_us holds 8x the smoothed RTT in microseconds.
-        observe(
-            m,
-            HIST_RTT,
-            u64::from(tp.field::<u32>(&TCP_SRTT_US_OFFSET) >> 3) * 1_000,
-        );
+        // srtt_us holds 8x the smoothed RTT in microseconds; zero is no RTT: no sample yet
+        // (a SYN retransmitted without timestamps, no data since), or zeroed by
+        // tcp_disconnect.
+        let srtt_us = tp.field::<u32>(&TCP_SRTT_US_OFFSET);
+        if srtt_us != 0 {
+            observe(m, HIST_RTT, u64::from(srtt_us >> 3) * 1_000);
+        }
         // bytes_acked follows snd_una, which the SYN moved by one: not a byte sent.
         // (A FIN, once acknowledged, counts one too, as in tcp_info.)
         let acked: u64 = tp.field(&TCP_BYTES_ACKED_OFFSET);
