@@ -6,7 +6,7 @@
 use aya_ebpf::programs::SockContext;
 use sluice_common::IPPROTO_TCP;
 
-use crate::tags::{cookie_of, forget};
+use crate::tags::{cookie_of, forget, tag_of};
 
 pub fn released(ctx: &SockContext) {
     // SAFETY: a valid context for the program's run.
@@ -15,5 +15,10 @@ pub fn released(ctx: &SockContext) {
     if sk.protocol != u32::from(IPPROTO_TCP) {
         return;
     }
-    forget(cookie_of(ctx.sock.cast()));
+    // The lookup first: most sockets are not sluice's, and the filter answers for them with
+    // one cached read, where `forget` would go to their slot and the hash.
+    let cookie = cookie_of(ctx.sock.cast());
+    if tag_of(cookie).is_some() {
+        forget(cookie);
+    }
 }
