@@ -1,7 +1,7 @@
 //! Resets, from the TCP tracepoints (tp_btf): these fire for every socket of the machine, so
-//! the socket-tag lookup comes first. A reset received, or sent to abort a connection, ends
-//! it: its end is counted there (see `tcp`). Minimum kernel: 5.12 (socket cookies in tracing
-//! programs), 6.10 for the reason argument of `tcp_send_reset` (not read here).
+//! the socket's cookie, read in place, comes first, then the tag lookup. A reset received,
+//! or sent to abort a connection, ends it: its end is counted there (see `tcp`). Minimum
+//! kernel: 6.10 for active resets in `tcp_send_reset` (its reason argument is not read).
 
 use aya_ebpf::programs::BtfTracePointContext;
 use sluice_common::metrics::{RESETS_RECEIVED, RESETS_SENT};

@@ -1,5 +1,6 @@
 //! TCP tracepoints (tp_btf) for the end of steered connections and their retransmissions.
-//! Both fire for every TCP socket of the machine, so the socket-tag lookup comes first.
+//! Both fire for every TCP socket of the machine, so the socket's cookie, read in place,
+//! comes first (zero: never sluice's), then the tag lookup.
 //!
 //! A connection's end is counted once (lifetime, smoothed RTT, bytes, an HTTP request left
 //! without its response, or why its handshake failed), at the first of:
