@@ -18,13 +18,16 @@ const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
+const KIND_FWD: u32 = 7;
 const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
+const KIND_FLOAT: u32 = 16;
 const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
@@ -102,8 +105,11 @@ impl<'a> Btf<'a> {
                 KIND_ARRAY => 12,
                 KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * t.vlen,
                 KIND_ENUM | KIND_FUNC_PROTO => 8 * t.vlen,
-                0 => return Err(format!("type {} has kind 0", types.len())),
-                _ => 0,
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+                // A kind newer than this parser: its record's length is unknown, and so is
+                // where every later record starts.
+                kind => return Err(format!("type {} has unknown kind {kind}", types.len())),
             };
             at = t.extra + trailing;
             types.push(t);
@@ -319,6 +325,15 @@ mod tests {
                 .struct_fields("t")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_kind_newer_than_the_parser_is_an_error_not_a_misread() {
+        let mut data = blob();
+        // The first type record starts after the 24-byte header; its info word is second.
+        data[28..32].copy_from_slice(&(25u32 << 24).to_le_bytes());
+        let err = Btf::parse(&data).err().expect("refused");
+        assert!(err.contains("unknown kind 25"), "{err}");
     }
 
     #[test]
