@@ -51,9 +51,9 @@ pub const RTO_EXPIRIES: u32 = 6;
 pub const RESETS_RECEIVED: u32 = 7;
 /// Resets sent (tp_btf tcp_send_reset).
 pub const RESETS_SENT: u32 = 8;
-/// Bytes acknowledged by the peer, at close.
+/// Bytes acknowledged by the peer, at the connection's end.
 pub const BYTES_SENT: u32 = 9;
-/// Bytes received, at close.
+/// Bytes received, at the connection's end.
 pub const BYTES_RECEIVED: u32 = 10;
 
 // === HTTP/1.x ===
@@ -105,7 +105,7 @@ pub const BUCKETS: u32 = BUCKET_BOUNDS_NS.len() as u32 + 1;
 pub const HISTOGRAM_SLOTS: u32 = BUCKETS + 1;
 /// Connect latency: connect() to established.
 pub const HIST_CONNECT: u32 = HTTP_UNPARSEABLE_RESPONSES + 1;
-/// Smoothed RTT at close, per established connection.
+/// Smoothed RTT at the connection's end, per established connection that has one.
 pub const HIST_RTT: u32 = HIST_CONNECT + HISTOGRAM_SLOTS;
 /// Established to closed.
 pub const HIST_LIFETIME: u32 = HIST_RTT + HISTOGRAM_SLOTS;
