@@ -103,11 +103,11 @@ pub const BUCKET_BOUNDS_NS: [u64; 19] = [
 ];
 pub const BUCKETS: u32 = BUCKET_BOUNDS_NS.len() as u32 + 1;
 pub const HISTOGRAM_SLOTS: u32 = BUCKETS + 1;
-/// Connect latency: connect() to established.
+/// Connect latency: the first SYN's departure to the SYN-ACK's arrival.
 pub const HIST_CONNECT: u32 = HTTP_UNPARSEABLE_RESPONSES + 1;
 /// Smoothed RTT at the connection's end, per established connection that has one.
 pub const HIST_RTT: u32 = HIST_CONNECT + HISTOGRAM_SLOTS;
-/// Established to closed.
+/// Established to the connection's end.
 pub const HIST_LIFETIME: u32 = HIST_RTT + HISTOGRAM_SLOTS;
 /// First request byte sent to first response byte received.
 pub const HIST_TTFB: u32 = HIST_LIFETIME + HISTOGRAM_SLOTS;
