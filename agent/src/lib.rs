@@ -8,10 +8,12 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod desired;
 pub mod metrics;
 pub mod rollout;
 #[expect(unsafe_code, reason = "the agent's one module of raw syscalls")]
 pub mod sys;
+pub mod view;
 
 /// An error with its causes, `a: b: c`, for one-line logs and CLI messages.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -9,6 +9,7 @@
 pub mod counters;
 pub mod maps;
 pub mod metrics;
+pub mod slots;
 pub mod steer;
 
 /// Version of the pinned-map layout. An agent refuses to adopt pins made with another one.

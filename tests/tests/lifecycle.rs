@@ -141,7 +141,7 @@ fn no_backend_at_all_is_refused_at_once_and_counted() {
         .join("SLUICE_SERVICES")
         .display()
         .to_string();
-    let key = sluice::dataplane::vip_key(vip);
+    let key = sluice::desired::vip_key(vip);
     let key_hex = hex(bytes_of(&key));
     let entry = bpftool(
         &["map", "lookup", "pinned", &map, "key", "hex"]

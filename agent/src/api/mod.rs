@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub use client::{ClientError, call};
 pub use server::{ApiCall, ServerError, serve};
 
-use crate::{dataplane::ServiceStatus, rollout::RolloutStatus};
+use crate::view::{RolloutStatus, ServiceStatus};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]

@@ -63,10 +63,15 @@ enum Command {
         log_format: LogFormat,
     },
     /// Validate a configuration file without root and without a daemon. Exits 64 if invalid.
+    /// The document alone is checked, so a config can be checked anywhere for any node; with
+    /// --on-this-node, its cgroups must also exist here, as `sluice run` requires.
     Check {
         /// Configuration file (YAML).
         #[arg(long, short, env = "SLUICE_CONFIG")]
         config: PathBuf,
+        /// Also resolve `cgroup` and every `segment` against this node's cgroup2 tree.
+        #[arg(long)]
+        on_this_node: bool,
     },
     /// Show each service's virtual addresses, share, backends and steering counters; with a
     /// SERVICE, also its rollout: phase, step, weight, live numbers and the last decisions
@@ -131,7 +136,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config, log_format } => run::run(&config, log_format),
-        Command::Check { config } => check::check(&config),
+        Command::Check {
+            config,
+            on_this_node,
+        } => check::check(&config, on_this_node),
         Command::Status {
             service,
             output,

@@ -16,9 +16,12 @@ pub fn run(path: &Path, format: LogFormat) -> ExitCode {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    // Validate everything before anything else happens.
-    let config = match crate::config::parse(path) {
-        Ok(c) => c,
+    // Validate everything, and bind it to this node, before anything else happens.
+    let (config, node) = match crate::config::parse(path).and_then(|c| {
+        let node = crate::config::bind(&c)?;
+        Ok((c, node))
+    }) {
+        Ok(bound) => bound,
         Err(e) => return fail(exit::USAGE, &e),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -28,7 +31,7 @@ pub fn run(path: &Path, format: LogFormat) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(exit::SOFTWARE, &e),
     };
-    match runtime.block_on(daemon::run(path.to_owned(), config)) {
+    match runtime.block_on(daemon::run(path.to_owned(), config, node)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ DaemonError::NotRoot) => fail(exit::NOPERM, &e),
         Err(e @ DaemonError::Config(_)) => fail(exit::USAGE, &e),

@@ -3,8 +3,7 @@ use std::{path::Path, process::ExitCode};
 use super::{Output, exit, fail};
 use crate::{
     api::{self, Request, Response},
-    dataplane::ServiceStatus,
-    rollout::RolloutStatus,
+    view::{RolloutStatus, ServiceStatus, Unit},
 };
 
 pub fn status(socket: &Path, only: Option<&str>, output: Output) -> ExitCode {
@@ -160,10 +159,10 @@ fn rollout_details(r: &RolloutStatus) -> String {
             let _ = writeln!(
                 out,
                 "    {:<20} {:<12} value {}  threshold {}  samples stable {} canary {}  ({})",
-                c.check,
-                format!("{:?}", c.verdict).to_lowercase(),
-                c.value.map_or("-".into(), |v| fmt_value(v, &c.unit)),
-                fmt_value(c.threshold, &c.unit),
+                c.check.name(),
+                c.verdict.name(),
+                c.value.map_or("-".into(), |v| c.unit.format(v)),
+                c.unit.format(c.threshold),
                 c.samples[0],
                 c.samples[1],
                 c.detail
@@ -190,14 +189,5 @@ fn rollout_details(r: &RolloutStatus) -> String {
 }
 
 fn fmt_seconds(s: f64) -> String {
-    crate::rollout::fmt_duration(std::time::Duration::from_secs_f64(s.max(0.0)))
-}
-
-fn fmt_value(v: f64, unit: &str) -> String {
-    match unit {
-        "seconds" => fmt_seconds(v),
-        "ratio" => format!("{:.2}%", 100.0 * v),
-        "count" => format!("{v:.0}"),
-        _ => format!("{v:.2}x"),
-    }
+    Unit::Seconds.format(s)
 }

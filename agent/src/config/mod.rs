@@ -1,18 +1,26 @@
 //! The configuration file: one YAML document, made to live in a ConfigMap.
 //!
 //! [`raw`] is the file's shape (serde, unknown keys rejected); [`validate`] turns it into a
-//! [`Config`] whose every value has been checked, or an error naming the key. Nothing touches
-//! the kernel before a whole file has validated.
+//! [`Config`] whose every value has been checked, or an error naming the key. Validation is
+//! pure (it reads nothing of the machine), so a config can be checked anywhere; [`bind`]
+//! then resolves its cgroup paths on this node. Nothing touches the kernel before a whole
+//! file has validated and bound.
 
+mod duration;
 mod error;
+mod node;
 mod raw;
+mod reload;
 mod rollout;
 mod validate;
 
 use std::{net::SocketAddr, path::PathBuf};
 
+pub use duration::duration;
 pub use error::ConfigError;
-pub use rollout::{Checks, Guard, OnDeadline, Promotion, RolloutConfig, duration};
+pub use node::{Node, SegmentMember, bind, bind_under};
+pub use reload::restart_only_change;
+pub use rollout::{Checks, Guard, OnDeadline, Promotion, RolloutConfig};
 pub use validate::{parse, parse_str, percent_to_ppm_checked};
 
 /// Default directory for pins (maps and links) under bpffs.
@@ -27,8 +35,9 @@ pub const DEFAULT_STATE_PATH: &str = "/var/lib/sluice/rollouts.json";
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    /// cgroup v2 directory the programs attach to (every process below it is steered).
-    pub cgroup: PathBuf,
+    /// cgroup v2 directory the programs attach to (every process below it is steered), as
+    /// written: absolute, or relative to the cgroup2 mount; `None` is the mount itself.
+    pub cgroup: Option<PathBuf>,
     pub pin_path: PathBuf,
     pub api_socket: PathBuf,
     /// Where `/metrics`, `/ready` and `/live` are served.
@@ -52,8 +61,8 @@ pub struct ServiceConfig {
     pub canary_ppm: u32,
     pub stable: Vec<BackendConfig>,
     pub canary: Vec<BackendConfig>,
-    /// Client cgroups allowed to reach the canary (`None`: everyone).
-    pub segment: Option<Vec<SegmentMember>>,
+    /// Client cgroups allowed to reach the canary (`None`: everyone), as written.
+    pub segment: Option<Vec<PathBuf>>,
     /// Parse HTTP/1.x on this service's connections (`l7: http1`).
     pub http1: bool,
     /// The controller walks the canary share up (`None`: the share is `canary_ppm`).
@@ -72,13 +81,6 @@ pub enum Selection {
 pub struct BackendConfig {
     pub address: SocketAddr,
     pub weight: u32,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SegmentMember {
-    pub path: PathBuf,
-    /// cgroup v2 id: the directory's inode number.
-    pub cgroup_id: u64,
 }
 
 /// Percent (0..=100) to parts per million, and back, for display.

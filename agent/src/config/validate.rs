@@ -1,25 +1,26 @@
 //! Raw file -> [`Config`], checking everything and naming the key of the first problem.
+//! Pure: nothing here reads the machine. Binding cgroup paths to a node is [`super::node`].
 
 use std::{
     collections::{HashMap, HashSet},
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::{Path, PathBuf},
 };
 
 use sluice_common::{
     MAX_SERVICES, MAX_SLOTS_PER_VERSION, PPM,
     maps::{DEFAULT_TAG_SLOTS, MAX_TAG_SLOTS},
+    slots::total_slots,
 };
+
+use address::{family, socket_addr, virtual_addresses};
 
 use super::{
     BackendConfig, Config, ConfigError, DEFAULT_API_SOCKET, DEFAULT_METRICS_ADDRESS,
-    DEFAULT_PIN_PATH, DEFAULT_STATE_PATH, SegmentMember, Selection, ServiceConfig,
+    DEFAULT_PIN_PATH, DEFAULT_STATE_PATH, Selection, ServiceConfig,
     raw::{RawBackend, RawConfig, RawService},
 };
-use crate::cgroup;
 
-/// Most virtual addresses one service may have.
-const MAX_VIPS_PER_SERVICE: usize = 4;
 /// Largest per-backend weight.
 const MAX_WEIGHT: i64 = 1_000;
 
@@ -40,12 +41,11 @@ pub fn parse_str(text: &str) -> Result<Config, ConfigError> {
 }
 
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-    let cgroup2 =
-        cgroup::cgroup2_mount().map_err(|e| ConfigError::invalid("cgroup", e.to_string()))?;
-    let cgroup = match raw.cgroup {
-        None => cgroup2.clone(),
-        Some(p) => resolve_cgroup("cgroup", &p, &cgroup2)?,
-    };
+    let cgroup = raw
+        .cgroup
+        .as_deref()
+        .map(|p| cgroup_path("cgroup", p))
+        .transpose()?;
     let pin_path = absolute_path(
         "pin_path",
         raw.pin_path.as_deref().unwrap_or(DEFAULT_PIN_PATH),
@@ -83,7 +83,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         .services
         .into_iter()
         .enumerate()
-        .map(|(i, s)| service(&format!("services[{i}]"), s, &cgroup2))
+        .map(|(i, s)| service(&format!("services[{i}]"), s))
         .collect::<Result<Vec<_>, _>>()?;
     check_across_services(&services)?;
     if !raw.signals
@@ -130,33 +130,26 @@ fn absolute_path(key: &str, p: &str) -> Result<PathBuf, ConfigError> {
     Ok(path)
 }
 
-/// A cgroup given as an absolute path or relative to the cgroup2 mount; it must exist.
-fn resolve_cgroup(key: &str, p: &str, cgroup2: &Path) -> Result<PathBuf, ConfigError> {
-    let path = if Path::new(p).is_absolute() {
-        PathBuf::from(p)
-    } else {
-        cgroup2.join(p)
-    };
-    if !path.starts_with(cgroup2) {
-        return Err(ConfigError::invalid(
-            key,
-            format!(
-                "{} is outside the cgroup2 mount {}",
-                path.display(),
-                cgroup2.display()
-            ),
-        ));
+/// A cgroup as written: an absolute path, or one relative to the cgroup2 mount. Only its
+/// form is checked here; whether it exists on a node is [`super::bind`]'s question.
+fn cgroup_path(key: &str, p: &str) -> Result<PathBuf, ConfigError> {
+    if p.is_empty() || p.contains('\0') {
+        return Err(ConfigError::invalid(key, format!("{p:?} is not a path")));
     }
-    if !cgroup::is_cgroup2_dir(&path) {
+    let path = PathBuf::from(p);
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
         return Err(ConfigError::invalid(
             key,
-            format!("{} is not an existing cgroup v2 directory", path.display()),
+            format!("{p:?}: `..` is not allowed in a cgroup path"),
         ));
     }
     Ok(path)
 }
 
-fn service(key: &str, raw: RawService, cgroup2: &Path) -> Result<ServiceConfig, ConfigError> {
+fn service(key: &str, raw: RawService) -> Result<ServiceConfig, ConfigError> {
     let name_ok = !raw.name.is_empty()
         && raw.name.len() <= 63
         && raw.name.bytes().all(|b| {
@@ -232,13 +225,7 @@ fn service(key: &str, raw: RawService, cgroup2: &Path) -> Result<ServiceConfig, 
             members
                 .iter()
                 .enumerate()
-                .map(|(i, p)| {
-                    let k = format!("{key}.segment[{i}]");
-                    let path = resolve_cgroup(&k, p, cgroup2)?;
-                    let cgroup_id = cgroup::cgroup_id(&path)
-                        .map_err(|e| ConfigError::invalid(&k, format!("cannot stat: {e}")))?;
-                    Ok(SegmentMember { path, cgroup_id })
-                })
+                .map(|(i, p)| cgroup_path(&format!("{key}.segment[{i}]"), p))
                 .collect::<Result<Vec<_>, ConfigError>>()
         })
         .transpose()?;
@@ -263,62 +250,6 @@ fn service(key: &str, raw: RawService, cgroup2: &Path) -> Result<ServiceConfig, 
         http1,
         rollout,
     })
-}
-
-fn virtual_addresses(key: &str, raw: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
-    let key = format!("{key}.virtual_addresses");
-    if raw.is_empty() || raw.len() > MAX_VIPS_PER_SERVICE {
-        return Err(ConfigError::invalid(
-            key,
-            format!(
-                "needs 1 to {MAX_VIPS_PER_SERVICE} addresses, found {}",
-                raw.len()
-            ),
-        ));
-    }
-    let vips = raw
-        .iter()
-        .enumerate()
-        .map(|(i, a)| socket_addr(&format!("{key}[{i}]"), a))
-        .collect::<Result<Vec<_>, _>>()?;
-    if let Some(i) = vips.iter().position(|v| v.is_ipv4() != vips[0].is_ipv4()) {
-        return Err(ConfigError::invalid(
-            format!("{key}[{i}]"),
-            "mixes IPv4 and IPv6 in one service: define one service per family \
-             (IPv6 callers already reach IPv4 addresses through their v4-mapped form)",
-        ));
-    }
-    Ok(vips)
-}
-
-fn socket_addr(key: &str, raw: &str) -> Result<SocketAddr, ConfigError> {
-    let addr: SocketAddr = raw.parse().map_err(|_| {
-        ConfigError::invalid(
-            key,
-            format!("{raw:?} is not an address and port (\"10.0.0.1:80\" or \"[fd00::1]:80\")"),
-        )
-    })?;
-    if addr.port() == 0 {
-        return Err(ConfigError::invalid(
-            key,
-            format!("{raw:?}: port 0 is not a port"),
-        ));
-    }
-    if addr.ip().is_unspecified() || addr.ip().is_multicast() {
-        return Err(ConfigError::invalid(
-            key,
-            format!("{raw:?}: not a unicast address"),
-        ));
-    }
-    if let SocketAddr::V6(v6) = addr
-        && (v6.ip().to_ipv4_mapped().is_some() || v6.scope_id() != 0)
-    {
-        return Err(ConfigError::invalid(
-            key,
-            format!("{raw:?}: write IPv4 addresses as IPv4; scoped IPv6 is not supported"),
-        ));
-    }
-    Ok(addr)
 }
 
 fn backends(key: &str, raw: &[RawBackend], v4: bool) -> Result<Vec<BackendConfig>, ConfigError> {
@@ -354,7 +285,8 @@ fn backends(key: &str, raw: &[RawBackend], v4: bool) -> Result<Vec<BackendConfig
             weight: b.weight as u32,
         });
     }
-    let slots: u32 = crate::dataplane::slot_counts(&out).iter().sum();
+    let weights: Vec<u32> = out.iter().map(|b| b.weight).collect();
+    let slots = total_slots(&weights);
     if slots > MAX_SLOTS_PER_VERSION {
         return Err(ConfigError::invalid(
             key,
@@ -362,10 +294,6 @@ fn backends(key: &str, raw: &[RawBackend], v4: bool) -> Result<Vec<BackendConfig
         ));
     }
     Ok(out)
-}
-
-fn family(ip: IpAddr) -> &'static str {
-    if ip.is_ipv4() { "IPv4" } else { "IPv6" }
 }
 
 fn percent_to_ppm(key: &str, percent: f64) -> Result<u32, ConfigError> {
@@ -426,5 +354,6 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     })
 }
 
+mod address;
 #[cfg(test)]
 mod tests;

@@ -1,25 +1,24 @@
 //! The kernel side, seen from the agent: load the programs, pin and re-adopt maps and links,
-//! and write configurations into the maps transactionally.
+//! and write a desired state into the maps transactionally.
 
 mod apply;
 mod btf;
-mod desired;
 mod links;
 mod maps;
 mod read;
+mod weight;
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 pub use apply::ApplyReport;
-pub use desired::{DesiredService, addr_words, slot_counts, vip_key, words_addr};
 pub use links::{detach_pins, links_dir};
 pub use maps::Maps;
-pub use read::{ServiceSample, ServiceStatus, ShareCount};
 
-use crate::config::Config;
+use crate::{
+    config::{Config, Node},
+    desired::DesiredService,
+    view::{ServiceSample, ServiceStatus, ShareCount},
+};
 
 /// The kernel object, built by build.rs from `ebpf/`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice"));
@@ -94,10 +93,33 @@ pub enum DataplaneError {
     Cpus(#[source] std::io::Error),
     #[error("unknown service {0:?}")]
     UnknownService(String),
-    #[error("no free service id: {0} services is the limit")]
+    #[error("no free service id: {0} services is the limit (nothing was written)")]
     IdsExhausted(u32),
-    #[error("writing the maps failed (nothing was changed)")]
+    #[error("reading {what} from the kernel failed (nothing was written)")]
+    Read {
+        what: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("writing the maps failed; what was written is undone and the kernel steers as before")]
     Apply(#[source] aya::maps::MapError),
+    #[error(
+        "writing the maps failed, and {undo_failures} entries could not be undone: the kernel \
+         may hold part of the new configuration until the next successful apply (see the log)"
+    )]
+    ApplyHalfUndone {
+        undo_failures: usize,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("writing the canary share of {service:?} failed; {left}")]
+    SetWeight {
+        service: String,
+        /// What the kernel holds after the failure, in words.
+        left: String,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
 }
 
 /// The loaded programs and their (pinned) maps.
@@ -113,7 +135,7 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// Loads the programs and opens (or creates and pins) the maps. Attaches nothing.
-    pub fn load(config: &Config) -> Result<Self, DataplaneError> {
+    pub fn load(config: &Config, node: &Node) -> Result<Self, DataplaneError> {
         let pin_dir = abi_dir(&config.pin_path);
         maps::prepare_pin_dir(&config.pin_path, &pin_dir)?;
         let (ebpf, maps) = maps::load(OBJECT, &pin_dir, config.socket_tag_slots, config.signals)?;
@@ -121,7 +143,7 @@ impl Dataplane {
             ebpf,
             maps,
             pin_dir,
-            cgroup: config.cgroup.clone(),
+            cgroup: node.cgroup.clone(),
             signals: config.signals,
             applied: Vec::new(),
         })
@@ -133,18 +155,9 @@ impl Dataplane {
         links::attach_or_adopt(&mut self.ebpf, &self.pin_dir, &self.cgroup, self.signals)
     }
 
-    /// Writes `config` into the maps: all or nothing (see `apply`). Services in `forced` get
-    /// that share (ppm) with the same write that installs their backends.
-    pub fn apply(
-        &mut self,
-        config: &Config,
-        forced: &HashMap<String, u32>,
-    ) -> Result<ApplyReport, DataplaneError> {
-        let desired: Vec<_> = config
-            .services
-            .iter()
-            .map(|s| DesiredService::from_config(s, forced.get(&s.name).copied()))
-            .collect();
+    /// Makes the maps hold `desired`: all or nothing (see `apply`). A service's forced share
+    /// is written with the same entry that installs its backends.
+    pub fn apply(&mut self, desired: Vec<DesiredService>) -> Result<ApplyReport, DataplaneError> {
         let report = apply::apply(&mut self.maps, &desired)?;
         self.applied = desired
             .into_iter()
@@ -153,14 +166,15 @@ impl Dataplane {
         Ok(report)
     }
 
-    /// Sets the canary share of a service now; returns the previous share (ppm).
+    /// Sets the canary share of a service now (`sluice weight`), on every one of its virtual
+    /// addresses or on none; returns the previous share (ppm).
     pub fn set_weight(&mut self, service: &str, ppm: u32) -> Result<u32, DataplaneError> {
         let (svc, _) = self
             .applied
             .iter()
             .find(|(s, _)| s.name == service)
             .ok_or_else(|| DataplaneError::UnknownService(service.to_owned()))?;
-        apply::set_weight(&mut self.maps, &svc.vips, ppm)
+        weight::set_weight(&mut self.maps, service, &svc.vips, ppm)
     }
 
     /// What the kernel holds for each applied service, with its counters.

@@ -2,14 +2,22 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use aya::maps::MapError;
 use sluice_common::{
     counters::{STEER_COUNTER_NAMES, STEER_COUNTERS, STEERED_CANARY, STEERED_STABLE, steer_index},
     maps::{Backend, MODE_STICKY, VERSION_CANARY, VERSION_STABLE},
 };
 
-use super::{DataplaneError, DesiredService, Maps, words_addr};
-use crate::config::ppm_to_percent;
+use super::{DataplaneError, Maps};
+use crate::{
+    config::ppm_to_percent,
+    desired::{DesiredService, words_addr},
+    view::{ServiceSample, ServiceStatus, ShareCount},
+};
+
+fn read_error(what: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |source| DataplaneError::Read { what, source }
+}
 
 /// A service's steering counters, summed over CPUs.
 fn steer_counts(maps: &Maps, id: u32) -> Result<[u64; STEER_COUNTERS as usize], DataplaneError> {
@@ -18,36 +26,13 @@ fn steer_counts(maps: &Maps, id: u32) -> Result<[u64; STEER_COUNTERS as usize], 
         let values = maps
             .steer_counters
             .get(&steer_index(id, c as u32), 0)
-            .map_err(DataplaneError::Apply)?;
+            .map_err(read_error("the steering counters"))?;
         *v = values.iter().sum();
     }
     Ok(counts)
 }
 
-/// One service as `sluice status` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ServiceStatus {
-    pub name: String,
-    pub id: u32,
-    pub virtual_addresses: Vec<String>,
-    pub selection: String,
-    /// The share in force in the kernel now.
-    pub canary_percent: f64,
-    /// The share the configuration asks for.
-    pub config_canary_percent: f64,
-    pub generation: u32,
-    pub stable: Vec<String>,
-    pub canary: Vec<String>,
-    pub segmented: bool,
-    /// Steering counters since the service was first configured (they survive restarts).
-    pub counters: BTreeMap<String, u64>,
-    /// Share of steered connections that went to the canary, over the counters' lifetime.
-    pub measured_canary_percent: Option<f64>,
-    /// The rollout controller's view, for services with a rollout.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<Box<crate::rollout::RolloutStatus>>,
-}
-
+/// What the kernel holds for each applied service, with its steering counters.
 pub fn status(
     maps: &Maps,
     applied: &[(DesiredService, u32)],
@@ -58,7 +43,7 @@ pub fn status(
             let entry = maps
                 .services
                 .get(&d.vips[0], 0)
-                .map_err(DataplaneError::Apply)?;
+                .map_err(read_error("the service entry"))?;
             let counts = steer_counts(maps, *id)?;
             let counters: BTreeMap<String, u64> = STEER_COUNTER_NAMES
                 .iter()
@@ -109,18 +94,7 @@ pub fn status(
         .collect()
 }
 
-/// Raw kernel numbers of one service, summed over CPUs, for the exporter.
-#[derive(Clone, Debug)]
-pub struct ServiceSample {
-    pub name: String,
-    pub canary_ppm: u32,
-    pub config_ppm: u32,
-    pub http1: bool,
-    pub steer: [u64; STEER_COUNTERS as usize],
-    /// Metric slots of stable, then canary.
-    pub versions: [Vec<u64>; 2],
-}
-
+/// Raw counters of the given services, summed over CPUs.
 pub fn samples<'a>(
     maps: &Maps,
     applied: impl Iterator<Item = &'a (DesiredService, u32)>,
@@ -130,7 +104,7 @@ pub fn samples<'a>(
             let entry = maps
                 .services
                 .get(&d.vips[0], 0)
-                .map_err(DataplaneError::Apply)?;
+                .map_err(read_error("the service entry"))?;
             let steer = steer_counts(maps, *id)?;
             let version = |v: u8| -> Result<Vec<u64>, DataplaneError> {
                 let mut sum = vec![0u64; sluice_common::metrics::METRIC_SLOTS as usize];
@@ -156,17 +130,9 @@ pub fn samples<'a>(
         .collect()
 }
 
-/// What the share windows need of one service: steered connections and, for `l7: http1`
-/// services, requests, per version (stable, canary). Two small reads a service, two more for
-/// HTTP ones: the sampler runs every few seconds over every service, and a full sample
-/// (eleven reads, two of them a KiB per CPU) is too much on large nodes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ShareCount {
-    pub name: String,
-    pub connections: (u64, u64),
-    pub requests: Option<(u64, u64)>,
-}
-
+/// Two small reads a service, two more for HTTP ones: the share sampler runs every few
+/// seconds over every service, and a full sample (eleven reads, two of them a KiB per CPU)
+/// is too much on large nodes.
 pub fn share_counts(
     maps: &Maps,
     applied: &[(DesiredService, u32)],
@@ -176,7 +142,7 @@ pub fn share_counts(
         let values = maps
             .steer_counters
             .get(&steer_index(id, c), 0)
-            .map_err(DataplaneError::Apply)?;
+            .map_err(read_error("the steering counters"))?;
         Ok(values.iter().sum())
     };
     let requests = |id: u32, v: u8| -> u64 {

@@ -1,123 +1,32 @@
 //! Kernel samples -> Prometheus text. Names carry a `sluice_` prefix and units; labels are
 //! `service`, `version` (`stable`|`canary`) and, per metric, one low-cardinality label.
 
-use prometheus::{
-    TextEncoder,
-    proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
-};
+use prometheus::TextEncoder;
 use sluice_common::{
     PPM,
     counters::{STEER_COUNTER_NAMES, STEERED_CANARY, STEERED_STABLE},
     metrics::{
-        BUCKET_BOUNDS_NS, BUCKETS, BYTES_RECEIVED, BYTES_SENT, CLOSED, ESTABLISHED, FAILED_OTHER,
-        FAILED_REFUSED, FAILED_TIMEOUT, HIST_CONNECT, HIST_LIFETIME, HIST_RTT, HIST_TTFB,
-        HTTP_CODES, HTTP_INCOMPLETE, HTTP_INTERIM, HTTP_METHODS, HTTP_REQUESTS, HTTP_RESPONSES,
+        BYTES_RECEIVED, BYTES_SENT, CLOSED, ESTABLISHED, FAILED_OTHER, FAILED_REFUSED,
+        FAILED_TIMEOUT, HIST_CONNECT, HIST_LIFETIME, HIST_RTT, HIST_TTFB, HTTP_CODES,
+        HTTP_INCOMPLETE, HTTP_INTERIM, HTTP_METHODS, HTTP_REQUESTS, HTTP_RESPONSES,
         HTTP_RESPONSES_OTHER, HTTP_UNPARSEABLE_REQUESTS, HTTP_UNPARSEABLE_RESPONSES,
         RESETS_RECEIVED, RESETS_SENT, RETRANSMITS, RTO_EXPIRIES,
     },
 };
 
-use super::ShareWindows;
-use crate::{
-    dataplane::ServiceSample,
-    rollout::{Action, Phase, RolloutStatus, Verdict},
+use super::{
+    ShareWindows,
+    families::{Families, VERSIONS, VersionLabels, pair},
+    rollout::rollout_series,
 };
-
-const VERSIONS: [&str; 2] = ["stable", "canary"];
-
-/// The label set of a per-version series: a typed struct, so no series can forget one.
-struct VersionLabels<'a> {
-    service: &'a str,
-    version: &'a str,
-}
-
-impl VersionLabels<'_> {
-    fn pairs(&self, extra: &[(&str, &str)]) -> Vec<LabelPair> {
-        let Self { service, version } = self;
-        let mut v = vec![pair("service", service), pair("version", version)];
-        v.extend(extra.iter().map(|(k, val)| pair(k, val)));
-        v
-    }
-}
-
-fn pair(name: &str, value: &str) -> LabelPair {
-    let mut l = LabelPair::default();
-    l.set_name(name.to_owned());
-    l.set_value(value.to_owned());
-    l
-}
-
-/// Metric families under construction, by name, in the order first seen.
-#[derive(Default)]
-struct Families(Vec<MetricFamily>);
-
-impl Families {
-    fn family(&mut self, name: &str, help: &str, kind: MetricType) -> &mut MetricFamily {
-        if let Some(i) = self.0.iter().position(|f| f.name() == name) {
-            return &mut self.0[i];
-        }
-        let mut f = MetricFamily::default();
-        f.set_name(name.to_owned());
-        f.set_help(help.to_owned());
-        f.set_field_type(kind);
-        self.0.push(f);
-        let last = self.0.len() - 1;
-        &mut self.0[last]
-    }
-
-    fn counter(&mut self, name: &str, help: &str, labels: Vec<LabelPair>, value: u64) {
-        let mut c = Counter::default();
-        c.set_value(value as f64);
-        let mut m = Metric::default();
-        m.set_label(labels);
-        m.set_counter(c);
-        self.family(name, help, MetricType::COUNTER)
-            .mut_metric()
-            .push(m);
-    }
-
-    fn gauge(&mut self, name: &str, help: &str, labels: Vec<LabelPair>, value: f64) {
-        let mut g = Gauge::default();
-        g.set_value(value);
-        let mut m = Metric::default();
-        m.set_label(labels);
-        m.set_gauge(g);
-        self.family(name, help, MetricType::GAUGE)
-            .mut_metric()
-            .push(m);
-    }
-
-    /// A histogram from the kernel's per-bucket counts (not cumulative) and sum in ns.
-    fn histogram(&mut self, name: &str, help: &str, labels: Vec<LabelPair>, slots: &[u64]) {
-        let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(BUCKET_BOUNDS_NS.len());
-        for (i, bound) in BUCKET_BOUNDS_NS.iter().enumerate() {
-            cumulative += slots[i];
-            let mut b = Bucket::default();
-            b.set_upper_bound(*bound as f64 / 1e9);
-            b.set_cumulative_count(cumulative);
-            buckets.push(b);
-        }
-        let count = cumulative + slots[BUCKETS as usize - 1];
-        let mut h = Histogram::default();
-        h.set_bucket(buckets);
-        h.set_sample_count(count);
-        h.set_sample_sum(slots[BUCKETS as usize] as f64 / 1e9);
-        let mut m = Metric::default();
-        m.set_label(labels);
-        m.set_histogram(h);
-        self.family(name, help, MetricType::HISTOGRAM)
-            .mut_metric()
-            .push(m);
-    }
-}
+use crate::view::{RolloutStatus, ServiceSample};
 
 /// The whole exposition.
 pub fn encode(
     samples: &[ServiceSample],
     windows: &ShareWindows,
     rollouts: &[(String, RolloutStatus)],
-) -> String {
+) -> Result<String, prometheus::Error> {
     let mut f = Families::default();
     let info = vec![pair("version", env!("CARGO_PKG_VERSION"))];
     f.gauge(
@@ -143,10 +52,8 @@ pub fn encode(
         rollout_series(&mut f, service, r);
     }
     let mut out = String::default();
-    if let Err(e) = TextEncoder::new().encode_utf8(&f.0, &mut out) {
-        tracing::error!(error = %e, "encoding metrics failed");
-    }
-    out
+    TextEncoder::new().encode_utf8(&f.0, &mut out)?;
+    Ok(out)
 }
 
 fn service_series(f: &mut Families, s: &ServiceSample, windows: &ShareWindows) {
@@ -352,77 +259,4 @@ fn http_series(f: &mut Families, m: &[u64], l: &VersionLabels<'_>) {
         l.pairs(&[]),
         &m[HIST_TTFB as usize..],
     );
-}
-
-/// The rollout controller: phase (one series per phase, 1 for the current one), step,
-/// failed analyses, decisions by action, and each check's last value and threshold.
-fn rollout_series(f: &mut Families, service: &str, r: &RolloutStatus) {
-    for phase in Phase::ALL {
-        f.gauge(
-            "sluice_rollout_phase",
-            "Rollout phase: 1 for the phase the rollout is in, 0 for the others.",
-            vec![pair("service", service), pair("phase", phase.name())],
-            if r.phase == phase { 1.0 } else { 0.0 },
-        );
-    }
-    let one = || vec![pair("service", service)];
-    f.gauge(
-        "sluice_rollout_step",
-        "Current rollout step, 1-based (0 before the first).",
-        one(),
-        r.step as f64,
-    );
-    f.gauge(
-        "sluice_rollout_steps",
-        "Steps of the rollout.",
-        one(),
-        r.steps_percent.len() as f64,
-    );
-    f.gauge(
-        "sluice_rollout_weight_ratio",
-        "Canary share the rollout has set (0 to 1).",
-        one(),
-        r.weight_percent / 100.0,
-    );
-    f.gauge(
-        "sluice_rollout_failed_analyses",
-        "Failed analyses in this rollout; failure_threshold of them roll it back.",
-        one(),
-        f64::from(r.failed_checks),
-    );
-    for action in Action::ALL {
-        f.counter(
-            "sluice_rollout_decisions_total",
-            "Rollout decisions by action (step_up, wait, check_failed, rollback, guard_rollback, ...).",
-            vec![pair("service", service), pair("action", action.name())],
-            r.decision_counts.get(action.name()).copied().unwrap_or(0),
-        );
-    }
-    for c in &r.last_checks {
-        let labels = || vec![pair("service", service), pair("check", &c.check)];
-        if let Some(v) = c.value {
-            f.gauge(
-                "sluice_rollout_check_value",
-                "Last analysis: the check's measured value (ratio, seconds or factor).",
-                labels(),
-                v,
-            );
-        }
-        f.gauge(
-            "sluice_rollout_check_threshold",
-            "Last analysis: the check's threshold, in the value's unit.",
-            labels(),
-            c.threshold,
-        );
-        f.gauge(
-            "sluice_rollout_check_passed",
-            "Last analysis: 1 pass, 0 fail, -1 inconclusive.",
-            labels(),
-            match c.verdict {
-                Verdict::Pass => 1.0,
-                Verdict::Fail => 0.0,
-                Verdict::Inconclusive => -1.0,
-            },
-        );
-    }
 }

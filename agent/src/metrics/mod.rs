@@ -2,6 +2,8 @@
 //! `/live`. The kernel counts; this module only sums (in the dataplane), windows and encodes.
 
 mod export;
+mod families;
+mod rollout;
 mod server;
 mod window;
 

@@ -11,7 +11,8 @@ use tokio::{
 
 /// What the server asks the daemon loop (which owns the maps).
 pub enum Scrape {
-    Metrics(oneshot::Sender<String>),
+    /// The exposition, or why it cannot be had (answered 503 with that reason).
+    Metrics(oneshot::Sender<Result<String, String>>),
     /// Answered by the loop itself: it is running, programs attached, config applied.
     Ready(oneshot::Sender<()>),
 }
@@ -76,7 +77,12 @@ async fn handle(mut stream: TcpStream, scrapes: mpsc::Sender<Scrape>) {
         (b"GET", b"/metrics") => {
             let (tx, rx) = oneshot::channel();
             match ask(&scrapes, Scrape::Metrics(tx), rx).await {
-                Some(text) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
+                Some(Ok(text)) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
+                Some(Err(reason)) => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    format!("{reason}\n"),
+                ),
                 None => (
                     "503 Service Unavailable",
                     "text/plain",

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::dataplane::ShareCount;
+use crate::view::ShareCount;
 
 pub const WINDOW: Duration = Duration::from_secs(60);
 

@@ -1,38 +1,14 @@
 //! One analysis: the configured checks over one window, each with a verdict and the evidence
 //! behind it. Too few samples is never a pass: it is `Inconclusive`, and the window grows.
 
-use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
-
 use super::{
     evidence::{Evidence, count, quantile},
     stats::{difference_interval, normal_quantile},
 };
-use crate::config::Checks;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    Pass,
-    Fail,
-    Inconclusive,
-}
-
-/// One check's outcome. Values and thresholds are in the check's unit (`unit`): a fraction
-/// for rates, seconds for latencies, a factor for ratios.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CheckResult {
-    pub check: String,
-    pub verdict: Verdict,
-    pub value: Option<f64>,
-    pub threshold: f64,
-    pub unit: String,
-    /// Samples in the window, stable then canary.
-    pub samples: [u64; 2],
-    /// The evidence in words, e.g. the confidence interval.
-    pub detail: String,
-}
+use crate::{
+    config::Checks,
+    view::{Check, CheckResult, Unit, Verdict, fmt_duration},
+};
 
 /// The window's two versions and what they are judged by.
 pub struct Window<'a> {
@@ -45,12 +21,12 @@ pub struct Window<'a> {
 pub fn analyse(checks: &Checks, w: &Window<'_>) -> Vec<CheckResult> {
     let mut out = Vec::new();
     let samples = [w.stable.samples, w.canary.samples];
-    let result = |check: &str, verdict, value, threshold, unit: &str, detail: String| CheckResult {
-        check: check.into(),
+    let result = |check, verdict, value, threshold, unit, detail: String| CheckResult {
+        check,
         verdict,
         value,
         threshold,
-        unit: unit.into(),
+        unit,
         samples,
         detail,
     };
@@ -83,11 +59,11 @@ pub fn analyse(checks: &Checks, w: &Window<'_>) -> Vec<CheckResult> {
             _ => (Verdict::Inconclusive, missing()),
         };
         out.push(result(
-            "success_rate",
+            Check::SuccessRate,
             verdict,
             success,
             min,
-            "ratio",
+            Unit::Ratio,
             detail,
         ));
     }
@@ -112,18 +88,18 @@ pub fn analyse(checks: &Checks, w: &Window<'_>) -> Vec<CheckResult> {
             ),
         };
         out.push(result(
-            "connect_error_rate",
+            Check::ConnectErrorRate,
             verdict,
             rate,
             max,
-            "ratio",
+            Unit::Ratio,
             detail,
         ));
     }
     for (check, max, buckets) in [
-        ("p99_ttfb", checks.max_p99_ttfb, &w.canary.ttfb),
+        (Check::P99Ttfb, checks.max_p99_ttfb, &w.canary.ttfb),
         (
-            "p99_connect",
+            Check::P99Connect,
             checks.max_p99_connect,
             &w.canary.connect_latency,
         ),
@@ -147,7 +123,7 @@ pub fn analyse(checks: &Checks, w: &Window<'_>) -> Vec<CheckResult> {
             verdict,
             p99.map(|d| d.as_secs_f64()),
             max.as_secs_f64(),
-            "seconds",
+            Unit::Seconds,
             detail,
         ));
     }
@@ -190,11 +166,11 @@ pub fn analyse(checks: &Checks, w: &Window<'_>) -> Vec<CheckResult> {
             )
         };
         out.push(result(
-            "error_rate_increase",
+            Check::ErrorRateIncrease,
             verdict,
             diff,
             margin,
-            "ratio",
+            Unit::Ratio,
             detail,
         ));
     }
@@ -235,7 +211,14 @@ pub fn analyse(checks: &Checks, w: &Window<'_>) -> Vec<CheckResult> {
                 },
             ),
         };
-        out.push(result("p99_ratio", verdict, value, ratio, "factor", detail));
+        out.push(result(
+            Check::P99Ratio,
+            verdict,
+            value,
+            ratio,
+            Unit::Factor,
+            detail,
+        ));
     }
     out
 }
@@ -248,16 +231,5 @@ pub fn overall(results: &[CheckResult]) -> Verdict {
         Verdict::Inconclusive
     } else {
         Verdict::Pass
-    }
-}
-
-pub fn fmt_duration(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s >= 1.0 {
-        format!("{s:.2}s")
-    } else if s >= 1e-3 {
-        format!("{:.1}ms", s * 1e3)
-    } else {
-        format!("{:.0}µs", s * 1e6)
     }
 }

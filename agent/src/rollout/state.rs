@@ -11,137 +11,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::analysis::CheckResult;
+use crate::view::{Action, Decision, Phase};
 
 /// Decisions kept per rollout (the log and `/metrics` have them all).
 pub const DECISIONS_KEPT: usize = 20;
 const FORMAT_VERSION: u32 = 1;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Phase {
-    Initializing,
-    Progressing,
-    /// Not enough evidence yet at this step: the analysis window grows.
-    Waiting,
-    Paused,
-    Promoting,
-    Succeeded,
-    RolledBack,
-    Failed,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 8] = [
-        Phase::Initializing,
-        Phase::Progressing,
-        Phase::Waiting,
-        Phase::Paused,
-        Phase::Promoting,
-        Phase::Succeeded,
-        Phase::RolledBack,
-        Phase::Failed,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Phase::Initializing => "Initializing",
-            Phase::Progressing => "Progressing",
-            Phase::Waiting => "Waiting",
-            Phase::Paused => "Paused",
-            Phase::Promoting => "Promoting",
-            Phase::Succeeded => "Succeeded",
-            Phase::RolledBack => "RolledBack",
-            Phase::Failed => "Failed",
-        }
-    }
-
-    /// Finished: nothing more happens until the canary set changes.
-    pub fn is_final(self) -> bool {
-        matches!(self, Phase::Succeeded | Phase::RolledBack | Phase::Failed)
-    }
-}
-
-/// What a decision did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// A rollout began (new canary set).
-    Start,
-    /// Every check passed: the next step.
-    StepUp,
-    /// Not enough evidence: keep the share, widen the window.
-    Wait,
-    /// A check failed, below the failure threshold: stay at this step.
-    CheckFailed,
-    /// Failed checks reached the threshold: share to 0.
-    Rollback,
-    /// The guard saw too many recent canary failures: share to 0 at once.
-    GuardRollback,
-    /// No conclusive evidence before the deadline.
-    Deadline,
-    /// The last step passed but promotion waits for an operator.
-    Gate,
-    Promote,
-    Promoted,
-    Pause,
-    Resume,
-    Abort,
-    /// The kernel refused a write; the rollout cannot go on.
-    Error,
-}
-
-impl Action {
-    pub const ALL: [Action; 14] = [
-        Action::Start,
-        Action::StepUp,
-        Action::Wait,
-        Action::CheckFailed,
-        Action::Rollback,
-        Action::GuardRollback,
-        Action::Deadline,
-        Action::Gate,
-        Action::Promote,
-        Action::Promoted,
-        Action::Pause,
-        Action::Resume,
-        Action::Abort,
-        Action::Error,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::Start => "start",
-            Action::StepUp => "step_up",
-            Action::Wait => "wait",
-            Action::CheckFailed => "check_failed",
-            Action::Rollback => "rollback",
-            Action::GuardRollback => "guard_rollback",
-            Action::Deadline => "deadline",
-            Action::Gate => "gate",
-            Action::Promote => "promote",
-            Action::Promoted => "promoted",
-            Action::Pause => "pause",
-            Action::Resume => "resume",
-            Action::Abort => "abort",
-            Action::Error => "error",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Decision {
-    pub at_unix_ms: u64,
-    pub action: Action,
-    /// The phase after the decision.
-    pub phase: Phase,
-    /// 1-based step, 0 before the first.
-    pub step: usize,
-    pub weight_percent: f64,
-    pub reason: String,
-    /// The checks behind the decision (empty for operator actions).
-    #[serde(default)]
-    pub checks: Vec<CheckResult>,
-}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RolloutState {
@@ -158,7 +32,7 @@ pub struct RolloutState {
     pub step_started_unix_ms: u64,
     pub decisions: VecDeque<Decision>,
     /// Decisions by action, over the rollout's life.
-    pub decision_counts: BTreeMap<String, u64>,
+    pub decision_counts: BTreeMap<Action, u64>,
     /// Paused after the last step, waiting for `sluice promote`.
     #[serde(default)]
     pub at_gate: bool,

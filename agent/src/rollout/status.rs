@@ -1,48 +1,14 @@
 //! What `sluice status` shows of a rollout: where it stands, the recent decisions with their
 //! evidence, and a live view of both versions over the last few seconds.
 
-use serde::{Deserialize, Serialize};
-
 use super::{
-    Rollout,
-    analysis::CheckResult,
     evidence::{Evidence, quantile},
-    state::{Decision, Phase},
+    machine::Rollout,
 };
-use crate::config::{Promotion, ppm_to_percent};
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RolloutStatus {
-    pub phase: Phase,
-    pub reason: String,
-    /// 1-based step; 0 before the first.
-    pub step: usize,
-    pub steps_percent: Vec<f64>,
-    pub weight_percent: f64,
-    pub failed_checks: u32,
-    pub failure_threshold: u32,
-    pub interval_seconds: f64,
-    pub min_samples: u64,
-    pub promotion: String,
-    pub started_unix_ms: u64,
-    /// Samples in the current analysis window so far (stable, canary).
-    pub window_samples: Option<[u64; 2]>,
-    /// Stable, then canary, over the last few seconds.
-    pub live: Option<[VersionLive; 2]>,
-    pub last_checks: Vec<CheckResult>,
-    pub decisions: Vec<Decision>,
-    /// Decisions by action over the rollout's life.
-    pub decision_counts: std::collections::BTreeMap<String, u64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct VersionLive {
-    /// Samples (requests, or connections for `l7: none`) per second.
-    pub rate: f64,
-    pub error_rate: Option<f64>,
-    /// p99 time to first byte (connect latency for `l7: none`), seconds.
-    pub p99_seconds: Option<f64>,
-}
+use crate::{
+    config::{Promotion, ppm_to_percent},
+    view::{Phase, RolloutStatus, VersionLive},
+};
 
 pub(super) fn status(r: &Rollout) -> RolloutStatus {
     let window_samples = match (&r.window, r.recent.back()) {

@@ -5,8 +5,19 @@ use sluice_common::metrics::{
     FAILED_REFUSED, HIST_TTFB, HTTP_CODES, HTTP_REQUESTS, HTTP_RESPONSES, METRIC_SLOTS, bucket_of,
 };
 
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use sluice_common::PPM;
+
 use super::*;
-use crate::config::parse_str;
+use crate::{
+    config::{Config, parse_str},
+    desired::RolloutShare,
+    view::{Action, Check, Phase, ServiceSample, Verdict},
+};
 
 fn config(rollout: &str, state: &std::path::Path) -> Config {
     let yaml = format!(
@@ -75,29 +86,52 @@ impl Drop for Scratch {
     }
 }
 
+/// A clock that moves only when told to.
+struct ManualClock(Mutex<Moment>);
+
+impl ManualClock {
+    fn new() -> Arc<Self> {
+        Arc::new(Self(Mutex::new(Moment {
+            at: Instant::now(),
+            unix_ms: 1_800_000_000_000,
+        })))
+    }
+
+    fn advance(&self, by: Duration) {
+        let mut m = self.0.lock().expect("clock");
+        m.at += by;
+        m.unix_ms += by.as_millis() as u64;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Moment {
+        *self.0.lock().expect("clock")
+    }
+}
+
 struct Run {
     c: Controller,
-    t: Instant,
+    clock: Arc<ManualClock>,
     /// Cumulative (stable requests, stable errors, canary requests, canary errors, refused).
     n: [u64; 5],
     canary_ttfb: u64,
     weights: Vec<u32>,
-    reapplied: bool,
 }
 
 impl Run {
     fn new(rollout: &str) -> (Self, Scratch) {
         let dir = Scratch::new();
         let cfg = config(rollout, &dir.0.join("state.json"));
-        let (c, _) = Controller::load(&cfg).expect("load");
+        let clock = ManualClock::new();
+        let (c, _) = Controller::load(&cfg, clock.clone()).expect("load");
         (
             Self {
                 c,
-                t: Instant::now(),
+                clock,
                 n: [0; 5],
                 canary_ttfb: 20_000,
                 weights: Vec::new(),
-                reapplied: false,
             },
             dir,
         )
@@ -105,7 +139,7 @@ impl Run {
 
     /// One 250 ms tick with `stable`/`canary` more requests, `canary_errors` of them 503.
     fn tick(&mut self, stable: u64, canary: u64, canary_errors: u64, refused: u64) {
-        self.t += TICK;
+        self.clock.advance(TICK);
         self.n[0] += stable;
         self.n[2] += canary;
         self.n[3] += canary_errors;
@@ -114,9 +148,8 @@ impl Run {
             version(self.n[0], self.n[1], 0, 20_000),
             version(self.n[2], self.n[3], self.n[4], self.canary_ttfb),
         );
-        let out = self.c.tick(self.t, &s);
+        let out = self.c.tick(&s);
         self.weights.extend(out.weights.iter().map(|(_, w)| *w));
-        self.reapplied |= out.reapply;
     }
 
     fn phase(&self) -> Phase {
@@ -153,13 +186,15 @@ fn a_healthy_canary_is_promoted_through_every_step() {
         }
     }
     assert_eq!(r.phase(), Phase::Succeeded, "{:?}", r.actions());
-    assert_eq!(r.weights, vec![100_000, 500_000, PPM]);
-    assert!(r.reapplied);
-    let cfg = config(FAST, r.c.state_path());
-    let eff = r.c.effective(&cfg);
-    assert_eq!(eff.services[0].stable, cfg.services[0].canary);
-    assert!(eff.services[0].canary.is_empty());
-    assert_eq!(r.c.forced_weights()["web"], 0);
+    // Every step, then all to the canary, then the promoted set is stable (no canary share).
+    assert_eq!(r.weights, vec![100_000, 500_000, PPM, 0]);
+    assert_eq!(
+        r.c.shares()["web"],
+        RolloutShare {
+            canary_ppm: 0,
+            promoted: true
+        }
+    );
 }
 
 #[test]
@@ -191,7 +226,7 @@ fn three_percent_errors_against_none_roll_back() {
     let check = last
         .checks
         .iter()
-        .find(|c| c.check == "error_rate_increase")
+        .find(|c| c.check == Check::ErrorRateIncrease)
         .expect("test value");
     assert_eq!(check.verdict, Verdict::Fail);
     assert!((check.value.expect("test value") - 0.03).abs() < 1e-9);
@@ -215,7 +250,7 @@ fn a_slow_canary_fails_the_latency_ratio() {
     let check = last
         .checks
         .iter()
-        .find(|c| c.check == "p99_ratio")
+        .find(|c| c.check == Check::P99Ratio)
         .expect("test value");
     assert_eq!(check.verdict, Verdict::Fail);
 }
@@ -234,7 +269,7 @@ fn no_traffic_waits_and_never_passes() {
         r.actions(),
         vec![Action::Start, Action::StepUp, Action::Wait]
     );
-    assert!(r.c.rollouts["web"].state.decision_counts["wait"] >= 9);
+    assert!(r.c.rollouts["web"].state.decision_counts[&Action::Wait] >= 9);
 }
 
 #[test]
@@ -246,17 +281,17 @@ fn the_deadline_rolls_back_when_configured() {
       on_deadline: rollback",
     );
     r.tick(0, 0, 0, 0);
-    // Pretend the step began long ago (the deadline runs on the wall clock, across restarts).
-    r.c.rollouts
-        .get_mut("web")
-        .expect("test value")
-        .state
-        .step_started_unix_ms -= 10_000;
+    // Too few samples: the step waits, and waits, until two seconds have passed.
+    for _ in 0..7 {
+        r.tick(1, 0, 0, 0);
+    }
+    assert_eq!(r.phase(), Phase::Waiting, "{:?}", r.actions());
     for _ in 0..5 {
         r.tick(1, 0, 0, 0);
     }
     assert_eq!(r.phase(), Phase::RolledBack);
     assert_eq!(r.actions().last(), Some(&Action::Deadline));
+    assert_eq!(r.weights.last(), Some(&0));
 }
 
 #[test]
@@ -282,7 +317,7 @@ fn the_guard_cuts_a_failing_canary_off_between_analyses() {
         .expect("a decision")
         .clone();
     let g = &d.checks[0];
-    assert_eq!((g.check.as_str(), g.verdict), ("guard", Verdict::Fail));
+    assert_eq!((g.check, g.verdict), (Check::Guard, Verdict::Fail));
     assert_eq!((g.value, g.threshold), (Some(6.0), 5.0));
     assert!(g.samples[1] >= 6, "{g:?}");
 }
@@ -300,21 +335,27 @@ fn state_survives_a_restart_and_a_finished_rollout_is_not_rerun() {
     assert_eq!(r.weights, vec![100_000, 500_000]);
     r.c.save().expect("test value");
     let cfg = config(FAST, r.c.state_path());
-    let (again, outcome) = Controller::load(&cfg).expect("test value");
+    let (again, outcome) = Controller::load(&cfg, r.clock.clone()).expect("test value");
     assert!(
         outcome.weights.is_empty(),
         "a resumed rollout keeps its weight"
     );
-    assert_eq!(again.forced_weights()["web"], 500_000);
+    assert_eq!(again.shares()["web"].canary_ppm, 500_000);
     assert_eq!(again.status("web").expect("test value").step, 2);
 
     let mut done = again.clone();
     done.abort("web").expect("test value");
     done.save().expect("test value");
-    let (again, _) = Controller::load(&cfg).expect("test value");
+    let (again, _) = Controller::load(&cfg, r.clock.clone()).expect("test value");
     assert_eq!(again.has_rollout("web"), Some(Phase::RolledBack));
     assert!(again.active().is_empty());
-    assert_eq!(again.forced_weights()["web"], 0);
+    assert_eq!(
+        again.shares()["web"],
+        RolloutShare {
+            canary_ppm: 0,
+            promoted: false
+        }
+    );
 }
 
 #[test]
@@ -388,7 +429,7 @@ fn pause_holds_the_share_and_resume_continues() {
 fn changed_steps_move_a_stepping_rollout_to_its_steps_new_share() {
     let (mut r, _d) = Run::new(FAST);
     r.tick(0, 0, 0, 0);
-    assert_eq!(r.c.forced_weights()["web"], 100_000);
+    assert_eq!(r.c.shares()["web"].canary_ppm, 100_000);
     let path = r.c.state_path().to_owned();
     let cfg = config(
         "      steps: [20, 50]
@@ -398,7 +439,7 @@ fn changed_steps_move_a_stepping_rollout_to_its_steps_new_share() {
     );
     let outcome = r.c.reconcile(&cfg);
     assert_eq!(outcome.weights, vec![("web".to_owned(), 200_000)]);
-    assert_eq!(r.c.forced_weights()["web"], 200_000);
+    assert_eq!(r.c.shares()["web"].canary_ppm, 200_000);
     assert_eq!(
         r.phase(),
         Phase::Progressing,

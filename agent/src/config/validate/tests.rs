@@ -32,38 +32,135 @@ fn example_config_is_valid() {
     assert_eq!(c.pin_path, PathBuf::from(DEFAULT_PIN_PATH));
 }
 
-#[test]
-fn every_bad_config_is_rejected_naming_its_key() {
-    let mut files: Vec<_> = std::fs::read_dir(config_dir().join("bad"))
-        .expect("config/bad")
+/// Every file of `config/<dir>`, sorted.
+fn files_of(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(config_dir().join(dir))
+        .unwrap_or_else(|e| panic!("config/{dir}: {e}"))
         .map(|e| e.expect("dir entry").path())
         .collect();
     files.sort();
+    files
+}
+
+/// Checks that `judge` rejects the file with an error holding its `# expect:` parts in order.
+fn assert_rejected(f: &std::path::Path, judge: impl Fn(&str) -> Result<(), ConfigError>) {
+    let text = std::fs::read_to_string(f).expect("read bad config");
+    let expect = expectation(&text);
+    assert!(
+        !expect.is_empty(),
+        "{} has no `# expect:` line",
+        f.display()
+    );
+    let err = match judge(&text) {
+        Ok(()) => panic!("{} was accepted", f.display()),
+        Err(e) => e.to_string(),
+    };
+    let mut rest = err.as_str();
+    for part in expect {
+        let at = rest
+            .find(part)
+            .unwrap_or_else(|| panic!("{}: error {err:?} lacks {part:?}", f.display()));
+        rest = &rest[at + part.len()..];
+    }
+}
+
+#[test]
+fn every_bad_config_is_rejected_naming_its_key() {
+    let files = files_of("bad");
     assert!(
         files.len() >= 15,
         "at least 15 kinds of bad config, found {}",
         files.len()
     );
     for f in files {
-        let text = std::fs::read_to_string(&f).expect("read bad config");
-        let expect = expectation(&text);
-        assert!(
-            !expect.is_empty(),
-            "{} has no `# expect:` line",
-            f.display()
-        );
-        let err = match parse_str(&text) {
-            Ok(_) => panic!("{} was accepted", f.display()),
-            Err(e) => e.to_string(),
-        };
-        let mut rest = err.as_str();
-        for part in expect {
-            let at = rest
-                .find(part)
-                .unwrap_or_else(|| panic!("{}: error {err:?} lacks {part:?}", f.display()));
-            rest = &rest[at + part.len()..];
-        }
+        assert_rejected(&f, |text| parse_str(text).map(drop));
     }
+}
+
+/// A directory that looks like a cgroup2 tree to the binding step (each cgroup holds a
+/// `cgroup.controllers`), removed when dropped.
+struct FakeCgroup2(PathBuf);
+
+impl FakeCgroup2 {
+    fn new(cgroups: &[&str]) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let root = std::env::temp_dir().join(format!(
+            "sluice-fake-cgroup2-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        for c in std::iter::once(&"").chain(cgroups) {
+            let dir = root.join(c);
+            std::fs::create_dir_all(&dir).expect("fake cgroup");
+            std::fs::write(dir.join("cgroup.controllers"), "").expect("fake cgroup");
+        }
+        Self(root)
+    }
+}
+
+impl Drop for FakeCgroup2 {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn configs_that_name_missing_cgroups_are_valid_but_do_not_bind() {
+    let tree = FakeCgroup2::new(&[]);
+    let files = files_of("bad-on-node");
+    assert!(files.len() >= 3, "{files:?}");
+    for f in files {
+        // The document itself is fine: a laptop can check it for a node.
+        let text = std::fs::read_to_string(&f).expect("read");
+        parse_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        assert_rejected(&f, |text| {
+            let config = parse_str(text)?;
+            crate::config::bind_under(&config, &tree.0).map(drop)
+        });
+    }
+}
+
+#[test]
+fn binding_resolves_cgroups_and_segment_ids_on_the_node() {
+    let tree = FakeCgroup2::new(&["apps", "apps/team-a", "apps/team-b"]);
+    let c = parse_str(
+        "cgroup: apps
+services:
+  - name: web
+    virtual_addresses: [\"10.96.0.10:80\"]
+    \
+         stable: [{address: 10.0.1.1:8080}]
+    segment: [apps/team-a, apps/team-b]
+",
+    )
+    .expect("valid");
+    assert_eq!(c.cgroup, Some(PathBuf::from("apps")));
+    let node = crate::config::bind_under(&c, &tree.0).expect("binds");
+    assert_eq!(node.cgroup, tree.0.join("apps"));
+    let ids = node.segment_ids("web");
+    let inode = |p: &str| {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(tree.0.join(p)).expect("stat").ino()
+    };
+    assert_eq!(ids, vec![inode("apps/team-a"), inode("apps/team-b")]);
+    assert!(node.segment_ids("other").is_empty());
+    // No cgroup: the mount itself.
+    let root = parse_str(
+        "services:
+  - name: web
+    virtual_addresses: [\"10.96.0.10:80\"]
+    \
+         stable: [{address: 10.0.1.1:8080}]
+",
+    )
+    .expect("valid");
+    assert_eq!(
+        crate::config::bind_under(&root, &tree.0)
+            .expect("binds")
+            .cgroup,
+        tree.0
+    );
 }
 
 #[test]

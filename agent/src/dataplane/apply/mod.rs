@@ -8,19 +8,21 @@
 //!
 //! A failure in 1 or 2 undoes what was written, so the maps end exactly as they were.
 
-use std::collections::{HashMap, HashSet};
+mod plan;
+mod ports;
+
+use std::collections::HashSet;
 
 use aya::maps::{MapError, PerCpuValues};
 use sluice_common::{
-    MAX_SERVICES,
     counters::{STEER_COUNTERS, steer_index},
-    maps::{
-        Backend, SegmentKey, Service, SlotKey, VERSION_CANARY, VERSION_STABLE, VIP_PORT_WORDS,
-        VipKey, vip_port_bit,
-    },
+    maps::{SegmentKey, Service, SlotKey, VERSION_CANARY, VERSION_STABLE, VipKey},
 };
 
-use super::{DataplaneError, DesiredService, Maps};
+use super::{DataplaneError, Maps};
+use crate::desired::DesiredService;
+use plan::{Plan, assign_ids, plan, snapshot};
+use ports::{port_words, read_port_words, write_port_words};
 
 #[derive(Debug, Default)]
 pub struct ApplyReport {
@@ -32,58 +34,11 @@ pub struct ApplyReport {
     pub removed_vips: usize,
 }
 
-/// What the kernel holds now, read once per apply.
-struct Snapshot {
-    services: HashMap<VipKey, Service>,
-    /// (service, generation, version) -> slot table in slot order.
-    slots: HashMap<(u32, u32, u8), Vec<Backend>>,
-    /// (service, generation) -> member cgroup ids, sorted.
-    segments: HashMap<(u32, u32), Vec<u64>>,
-}
-
-fn snapshot(maps: &Maps) -> Result<Snapshot, MapError> {
-    let services = maps.services.iter().collect::<Result<HashMap<_, _>, _>>()?;
-    let mut slot_entries: HashMap<(u32, u32, u8), Vec<(u16, Backend)>> = HashMap::new();
-    for entry in maps.slots.iter() {
-        let (k, v) = entry?;
-        slot_entries
-            .entry((k.service, k.generation, k.version))
-            .or_default()
-            .push((k.slot, v));
-    }
-    let slots = slot_entries
-        .into_iter()
-        .map(|(k, mut v)| {
-            v.sort_unstable_by_key(|(slot, _)| *slot);
-            (k, v.into_iter().map(|(_, b)| b).collect())
-        })
-        .collect();
-    let mut segments: HashMap<(u32, u32), Vec<u64>> = HashMap::new();
-    for key in maps.segments.keys() {
-        let k = key?;
-        segments
-            .entry((k.service, k.generation))
-            .or_default()
-            .push(k.cgroup_id);
-    }
-    segments.values_mut().for_each(|v| v.sort_unstable());
-    Ok(Snapshot {
-        services,
-        slots,
-        segments,
-    })
-}
-
-/// One service's plan: its id, the entry to write, and whether its tables are new.
-struct Plan {
-    id: u32,
-    value: Service,
-    previous: Option<Service>,
-    new_tables: bool,
-}
-
 pub fn apply(maps: &mut Maps, desired: &[DesiredService]) -> Result<ApplyReport, DataplaneError> {
-    let snap = snapshot(maps).map_err(DataplaneError::Apply)?;
+    let snap = snapshot(maps).map_err(|source| DataplaneError::Read {
+        what: "the service, slot and segment maps",
+        source,
+    })?;
     let ids = assign_ids(&snap, desired)?;
     let plans: Vec<Plan> = desired
         .iter()
@@ -117,9 +72,10 @@ pub fn apply(maps: &mut Maps, desired: &[DesiredService]) -> Result<ApplyReport,
     });
     if let Err(e) = phase1 {
         // Restores every word that may have been written (a no-op where none was).
-        let _ = write_port_words(maps, &ports_union, &ports_before);
-        undo_tables(maps, &written_slots, &written_segments);
-        return Err(DataplaneError::Apply(e));
+        let undo_failures =
+            usize::from(write_port_words(maps, &ports_union, &ports_before).is_err())
+                + undo_tables(maps, &written_slots, &written_segments);
+        return Err(failed(e, undo_failures));
     }
 
     // 2. Flip the service entries.
@@ -137,7 +93,8 @@ pub fn apply(maps: &mut Maps, desired: &[DesiredService]) -> Result<ApplyReport,
         Ok::<_, MapError>(())
     })();
     if let Err(e) = phase2 {
-        let _ = write_port_words(maps, &ports_union, &ports_before);
+        let mut undo_failures =
+            usize::from(write_port_words(maps, &ports_union, &ports_before).is_err());
         for (vip, before) in flipped.iter().rev() {
             let undo = match before {
                 Some(s) => maps.services.insert(vip, s, 0),
@@ -145,10 +102,11 @@ pub fn apply(maps: &mut Maps, desired: &[DesiredService]) -> Result<ApplyReport,
             };
             if let Err(u) = undo {
                 tracing::error!(error = %u, "undoing a service entry failed");
+                undo_failures += 1;
             }
         }
-        undo_tables(maps, &written_slots, &written_segments);
-        return Err(DataplaneError::Apply(e));
+        undo_failures += undo_tables(maps, &written_slots, &written_segments);
+        return Err(failed(e, undo_failures));
     }
 
     // 3. Cleanup: best effort, logged; what stays behind is unreachable.
@@ -228,91 +186,6 @@ fn log_cleanup(r: Result<(), MapError>) {
     }
 }
 
-/// Ids follow virtual addresses: a service keeps the id of the virtual address it had, so a
-/// restarted agent continues the same counters. New services get the lowest free id.
-fn assign_ids(snap: &Snapshot, desired: &[DesiredService]) -> Result<Vec<u32>, DataplaneError> {
-    let in_kernel: HashSet<u32> = snap.services.values().map(|s| s.id).collect();
-    let mut taken = HashSet::new();
-    let mut ids: Vec<Option<u32>> = desired
-        .iter()
-        .map(|d| {
-            let id = d
-                .vips
-                .iter()
-                .find_map(|v| snap.services.get(v).map(|s| s.id))?;
-            taken.insert(id).then_some(id)
-        })
-        .collect();
-    let mut free = (0..MAX_SERVICES).filter(|id| !in_kernel.contains(id) && !taken.contains(id));
-    for id in ids.iter_mut().filter(|id| id.is_none()) {
-        *id = Some(
-            free.next()
-                .ok_or(DataplaneError::IdsExhausted(MAX_SERVICES))?,
-        );
-    }
-    Ok(ids.into_iter().flatten().collect())
-}
-
-fn plan(snap: &Snapshot, d: &DesiredService, id: u32) -> Plan {
-    let previous = d
-        .vips
-        .iter()
-        .find_map(|v| snap.services.get(v).filter(|s| s.id == id).copied());
-    let tables_equal = |gen_: u32| {
-        let table = |version| {
-            snap.slots
-                .get(&(id, gen_, version))
-                .map_or(&[][..], Vec::as_slice)
-        };
-        table(VERSION_STABLE) == d.stable.as_slice()
-            && table(VERSION_CANARY) == d.canary.as_slice()
-            && snap
-                .segments
-                .get(&(id, gen_))
-                .map_or(&[][..], Vec::as_slice)
-                == d.segment.as_slice()
-    };
-    let (generation, new_tables) = match previous {
-        Some(p) if tables_equal(p.generation) => (p.generation, false),
-        _ => {
-            // A generation no key of this id uses yet.
-            let newest = snap
-                .slots
-                .keys()
-                .map(|(s, g, _)| (*s, *g))
-                .chain(snap.segments.keys().copied())
-                .filter(|(s, _)| *s == id)
-                .map(|(_, g)| g)
-                .chain(previous.map(|p| p.generation))
-                .max();
-            (newest.map_or(1, |g| g.wrapping_add(1)), true)
-        }
-    };
-    // Keep a runtime share (`sluice weight`) unless the configuration's share changed.
-    let canary_ppm = match (d.forced_ppm, previous) {
-        (Some(forced), _) => forced,
-        (None, Some(p)) if p.config_ppm == d.config_ppm => p.canary_ppm,
-        (None, _) => d.config_ppm,
-    };
-    Plan {
-        id,
-        previous,
-        new_tables,
-        value: Service {
-            id,
-            canary_ppm,
-            salt: d.salt,
-            generation,
-            stable_slots: d.stable.len() as u16,
-            canary_slots: d.canary.len() as u16,
-            mode: d.mode,
-            flags: d.flags,
-            _pad: 0,
-            config_ppm: d.config_ppm,
-        },
-    }
-}
-
 fn write_tables(
     maps: &mut Maps,
     desired: &[DesiredService],
@@ -359,32 +232,6 @@ fn write_tables(
     Ok(())
 }
 
-/// The port bitmap of a desired state: a bit for each virtual address's port.
-fn port_words(desired: &[DesiredService]) -> Vec<u64> {
-    let mut words = vec![0u64; VIP_PORT_WORDS as usize];
-    for vip in desired.iter().flat_map(|d| &d.vips) {
-        let (word, bit) = vip_port_bit(vip.port);
-        words[word as usize] |= bit;
-    }
-    words
-}
-
-fn read_port_words(maps: &Maps) -> Result<Vec<u64>, MapError> {
-    (0..VIP_PORT_WORDS)
-        .map(|i| maps.vip_ports.get(&i, 0))
-        .collect()
-}
-
-/// Writes the words of `new` that differ from `old`.
-fn write_port_words(maps: &mut Maps, old: &[u64], new: &[u64]) -> Result<(), MapError> {
-    for (i, (a, b)) in old.iter().zip(new).enumerate() {
-        if a != b {
-            maps.vip_ports.set(i as u32, b, 0)?;
-        }
-    }
-    Ok(())
-}
-
 /// Retries an update that failed for want of memory. The kernel hands out the per-CPU
 /// values of a non-preallocated hash from a cache it refills in the background; thousands of
 /// new services in one apply drain it faster than that, and the update fails with ENOMEM
@@ -405,25 +252,31 @@ fn retrying_enomem(mut update: impl FnMut() -> Result<(), MapError>) -> Result<(
     }
 }
 
-fn undo_tables(maps: &mut Maps, slots: &[SlotKey], segments: &[SegmentKey]) {
-    for k in slots {
-        log_cleanup(maps.slots.remove(k));
+/// Removes the table entries an apply wrote; returns how many could not be removed. Left
+/// behind they are unreachable (no service entry points at their generation).
+fn undo_tables(maps: &mut Maps, slots: &[SlotKey], segments: &[SegmentKey]) -> usize {
+    let mut failures = 0;
+    for r in slots
+        .iter()
+        .map(|k| maps.slots.remove(k))
+        .chain(segments.iter().map(|k| maps.segments.remove(k)))
+    {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "undoing a table entry failed");
+            failures += 1;
+        }
     }
-    for k in segments {
-        log_cleanup(maps.segments.remove(k));
-    }
+    failures
 }
 
-/// Sets the share on every virtual address of a service; returns the previous share.
-pub fn set_weight(maps: &mut Maps, vips: &[VipKey], ppm: u32) -> Result<u32, DataplaneError> {
-    let mut previous = None;
-    for vip in vips {
-        let mut s = maps.services.get(vip, 0).map_err(DataplaneError::Apply)?;
-        previous.get_or_insert(s.canary_ppm);
-        s.canary_ppm = ppm;
-        maps.services
-            .insert(vip, s, 0)
-            .map_err(DataplaneError::Apply)?;
+/// The error of a failed apply, saying whether the undo left the kernel as it was.
+fn failed(source: MapError, undo_failures: usize) -> DataplaneError {
+    if undo_failures == 0 {
+        DataplaneError::Apply(source)
+    } else {
+        DataplaneError::ApplyHalfUndone {
+            undo_failures,
+            source,
+        }
     }
-    Ok(previous.unwrap_or_default())
 }

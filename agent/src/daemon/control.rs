@@ -1,0 +1,117 @@
+//! The control socket's requests, answered by the loop that owns the maps.
+
+use super::Daemon;
+use crate::{
+    api::{Request, Response, RolloutAction},
+    config::{percent_to_ppm_checked, ppm_to_percent},
+    dataplane::detach_pins,
+    rollout::CommandError,
+};
+
+fn error(e: &dyn std::error::Error) -> Response {
+    Response::Error {
+        message: crate::error_chain(e),
+    }
+}
+
+impl Daemon {
+    pub(super) fn handle(&mut self, request: Request) -> Response {
+        match request {
+            Request::Status => self.status(),
+            Request::SetWeight { service, percent } => self.set_weight(service, percent),
+            Request::Rollout { service, action } => self.rollout(service, action),
+            Request::Detach => self.detach(),
+        }
+    }
+
+    fn status(&self) -> Response {
+        match self.dp.status() {
+            Ok(mut services) => {
+                for s in &mut services {
+                    s.rollout = self.rollouts.status(&s.name).map(Box::new);
+                }
+                Response::Status {
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    cgroup: self.dp.cgroup().display().to_string(),
+                    pin_dir: self.dp.pin_dir().display().to_string(),
+                    config: self.config_path.display().to_string(),
+                    services,
+                }
+            }
+            Err(e) => error(&e),
+        }
+    }
+
+    /// `sluice weight`: an operator's runtime share, written straight to the service's
+    /// entries (and kept by later applies until the configured share changes).
+    fn set_weight(&mut self, service: String, percent: f64) -> Response {
+        if let Some(phase) = self.rollouts.has_rollout(&service) {
+            return Response::Error {
+                message: format!(
+                    "{service:?} is run by its rollout ({}): use sluice promote, abort, \
+                     pause or resume",
+                    phase.name()
+                ),
+            };
+        }
+        let ppm = match percent_to_ppm_checked(percent) {
+            Ok(p) => p,
+            Err(e) => return error(&e),
+        };
+        match self.dp.set_weight(&service, ppm) {
+            Ok(previous) => {
+                tracing::info!(
+                    service,
+                    previous_percent = ppm_to_percent(previous),
+                    percent,
+                    "canary share set"
+                );
+                Response::Weight {
+                    service,
+                    previous_percent: ppm_to_percent(previous),
+                    percent: ppm_to_percent(ppm),
+                }
+            }
+            Err(e) => error(&e),
+        }
+    }
+
+    fn rollout(&mut self, service: String, action: RolloutAction) -> Response {
+        let result = match action {
+            RolloutAction::Promote => self.rollouts.promote(&service),
+            RolloutAction::Abort => self.rollouts.abort(&service),
+            RolloutAction::Pause => self.rollouts.pause(&service),
+            RolloutAction::Resume => self.rollouts.resume(&service),
+        };
+        match result {
+            Ok(outcome) => {
+                self.carry_out(outcome);
+                match self.rollouts.status(&service) {
+                    Some(status) => Response::Rollout {
+                        service,
+                        status: Box::new(status),
+                    },
+                    None => error(&CommandError::NoRollout(service)),
+                }
+            }
+            Err(e) => error(&e),
+        }
+    }
+
+    fn detach(&mut self) -> Response {
+        match detach_pins(&self.config.pin_path) {
+            Ok(removed) => {
+                // Rollout state describes the steering just removed: it goes with it.
+                let _ = std::fs::remove_file(&self.config.state_path);
+                tracing::info!(
+                    removed = removed.len(),
+                    "detached: every program, link and pin removed"
+                );
+                Response::Detached {
+                    removed: removed.len(),
+                }
+            }
+            Err(e) => error(&e),
+        }
+    }
+}
