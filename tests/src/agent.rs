@@ -24,6 +24,30 @@ pub fn sluice_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sluice"))
 }
 
+/// Whether the daemon behind `socket` answers `sluice status`: its socket accepts before the
+/// programs are attached, but requests are answered only once it is steering.
+pub fn answers(sluice: &Path, socket: &Path) -> bool {
+    Command::new(sluice)
+        .args(["status", "--output", "json", "--socket"])
+        .arg(socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Waits up to `timeout` for the daemon behind `socket` to answer.
+pub fn wait_until_answering(sluice: &Path, socket: &Path, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if answers(sluice, socket) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
 impl Agent {
     /// Writes a config (header for `cgroup` + `services_yaml`) and starts the daemon.
     pub fn start(tag: &str, cgroup: &TestCgroup, services_yaml: &str) -> Self {
@@ -101,7 +125,7 @@ impl Agent {
         self.child = Some(child);
         let end = Instant::now() + Duration::from_secs(15);
         while Instant::now() < end {
-            if self.sluice(&["status", "--output", "json"]).0 {
+            if answers(&sluice_bin(), &self.socket) {
                 return;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {

@@ -21,9 +21,16 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// On a free port of `ip`.
     pub fn start(ip: &str, name: &str) -> Self {
-        let listener = TcpListener::bind((ip, 0)).expect("bind backend");
-        let addr = listener.local_addr().expect("backend addr");
+        let ip: std::net::IpAddr = ip.parse().expect("backend ip");
+        Self::start_at(SocketAddr::new(ip, 0), name).expect("bind backend")
+    }
+
+    /// On `addr` (port 0: a free one).
+    pub fn start_at(addr: SocketAddr, name: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
         let accepted = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (count, halt, line) = (accepted.clone(), stop.clone(), format!("{name}\n"));
@@ -38,13 +45,13 @@ impl Backend {
                 thread::spawn(move || serve(conn, &line));
             }
         });
-        Self {
+        Ok(Self {
             addr,
             name: name.to_owned(),
             accepted,
             stop,
             thread: Some(thread),
-        }
+        })
     }
 
     pub fn accepted(&self) -> u64 {

@@ -6,10 +6,15 @@ pub struct TestCgroup {
 }
 
 impl TestCgroup {
-    /// A new cgroup directly under the cgroup2 mount.
+    /// A new cgroup directly under the cgroup2 mount, named for a test.
     pub fn new(tag: &str) -> Self {
+        Self::named(&format!("sluice-test-{tag}"))
+    }
+
+    /// A new cgroup directly under the cgroup2 mount, named `name`.
+    pub fn named(name: &str) -> Self {
         let root = sluice::cgroup::cgroup2_mount().expect("cgroup2 mount");
-        Self::at(root.join(format!("sluice-test-{tag}")))
+        Self::at(root.join(name))
     }
 
     /// A child of this cgroup.

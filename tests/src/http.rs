@@ -36,18 +36,28 @@ pub struct Seen {
 pub struct HttpBackend {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Seen>>,
+    /// `Behaviour::fail_every`, changeable while it runs.
+    fail_every: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl HttpBackend {
+    /// On a free port of `ip`.
     pub fn start(ip: &str, behaviour: Behaviour) -> Self {
-        let listener = TcpListener::bind((ip, 0)).expect("bind http backend");
-        let addr = listener.local_addr().expect("addr");
+        let ip: std::net::IpAddr = ip.parse().expect("backend ip");
+        Self::start_at(SocketAddr::new(ip, 0), behaviour).expect("bind http backend")
+    }
+
+    /// On `addr` (port 0: a free one).
+    pub fn start_at(addr: SocketAddr, behaviour: Behaviour) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let counter = Arc::new(AtomicU64::new(0));
-        let (s, halt) = (seen.clone(), stop.clone());
+        let fail_every = Arc::new(AtomicU64::new(behaviour.fail_every));
+        let (s, halt, fail) = (seen.clone(), stop.clone(), fail_every.clone());
         let thread = thread::spawn(move || {
             for conn in listener.incoming() {
                 if halt.load(Ordering::SeqCst) {
@@ -55,16 +65,22 @@ impl HttpBackend {
                 }
                 let Ok(conn) = conn else { continue };
                 s.lock().expect("seen").connections += 1;
-                let (s, counter) = (s.clone(), counter.clone());
-                thread::spawn(move || serve(conn, behaviour, &s, &counter));
+                let (s, counter, fail) = (s.clone(), counter.clone(), fail.clone());
+                thread::spawn(move || serve(conn, behaviour.delay, &fail, &s, &counter));
             }
         });
-        Self {
+        Ok(Self {
             addr,
             seen,
+            fail_every,
             stop,
             thread: Some(thread),
-        }
+        })
+    }
+
+    /// From now on answer every `n`-th request with 503 (0: none).
+    pub fn set_fail_every(&self, n: u64) {
+        self.fail_every.store(n, Ordering::SeqCst);
     }
 
     pub fn seen(&self) -> Seen {
@@ -83,7 +99,13 @@ impl HttpBackend {
     }
 }
 
-fn serve(conn: TcpStream, behaviour: Behaviour, seen: &Mutex<Seen>, counter: &AtomicU64) {
+fn serve(
+    conn: TcpStream,
+    delay: Duration,
+    fail_every: &AtomicU64,
+    seen: &Mutex<Seen>,
+    counter: &AtomicU64,
+) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let Ok(read_half) = conn.try_clone() else {
         return;
@@ -133,11 +155,12 @@ fn serve(conn: TcpStream, behaviour: Behaviour, seen: &Mutex<Seen>, counter: &At
             .strip_prefix("/status/")
             .and_then(|c| c.parse().ok())
             .unwrap_or(200);
-        if behaviour.fail_every > 0 && n.is_multiple_of(behaviour.fail_every) {
+        let every = fail_every.load(Ordering::Relaxed);
+        if every > 0 && n.is_multiple_of(every) {
             status = 503;
         }
-        if !behaviour.delay.is_zero() {
-            thread::sleep(behaviour.delay);
+        if !delay.is_zero() {
+            thread::sleep(delay);
         }
         let response = format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nok");
         if out.write_all(response.as_bytes()).is_err() {

@@ -1,10 +1,12 @@
-//! Harness for sluice's kernel tests: throwaway cgroups, loopback backends that say who they
-//! are, the agent as a real process, and the probe client. Everything a test creates is
+//! The test kit of sluice's kernel tests, bench and demo: throwaway cgroups, loopback
+//! backends that say who they are and count what they saw, the agent as a real process, a
+//! typed configuration builder, and the probe client. Everything a test creates is
 //! removed when its handle drops; processes are stopped by their own pid only.
 
 pub mod agent;
 pub mod backend;
 pub mod cgroup;
+pub mod config;
 pub mod http;
 pub mod load;
 

@@ -7,13 +7,16 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::util::{is_root, output, run};
+use crate::util::{is_root, output, run, workspace_root};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The nightly the kernel crate is pinned to (ebpf/rust-toolchain.toml names it).
+const PINNED_NIGHTLY_COMMIT: &str = "e50aa6fba4e63ab34c72bf9acfd2c307c1155d1a";
 
 pub fn setup() -> anyhow::Result<()> {
-    nightly_rust_src()?;
-    bpf_linker()?;
+    nightly_components()?;
+    let toolchain = pinned_toolchain()?;
+    bpf_linker(&toolchain)?;
     if is_root() {
         bpffs()?;
         debian_tools()?;
@@ -31,14 +34,60 @@ fn rustup() -> Command {
     c
 }
 
-fn nightly_rust_src() -> anyhow::Result<()> {
+/// The nightly's rust-src (build-std) and clippy (the kernel crate is linted too).
+fn nightly_components() -> anyhow::Result<()> {
     let installed = output(rustup().args(["component", "list", "--installed", "--toolchain", "nightly"]))
         .context("no nightly toolchain: the kernel programs build with nightly (`rustup toolchain install nightly`)")?;
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
-        return Ok(());
+    for component in ["rust-src", "clippy"] {
+        if !installed.lines().any(|l| l.starts_with(component)) {
+            eprintln!("setup: adding {component} to the nightly toolchain");
+            run(rustup().args(["component", "add", component, "--toolchain", "nightly"]))?;
+        }
     }
-    eprintln!("setup: adding rust-src to the nightly toolchain");
-    run(rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    Ok(())
+}
+
+/// The toolchain ebpf/rust-toolchain.toml pins: the machine's nightly, checked to be the
+/// pinned build and linked under the pinned name. Returns that name.
+fn pinned_toolchain() -> anyhow::Result<String> {
+    let file = workspace_root().join("ebpf/rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let name = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("channel"))
+        .and_then(|v| v.trim().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .with_context(|| format!("{} names no channel", file.display()))?;
+    let commit_of = |toolchain: &str| {
+        output(rustup().args(["run", toolchain, "rustc", "-vV"])).and_then(|vv| {
+            vv.lines()
+                .find_map(|l| l.strip_prefix("commit-hash: "))
+                .map(str::to_owned)
+        })
+    };
+    if commit_of(&name).as_deref() == Some(PINNED_NIGHTLY_COMMIT) {
+        return Ok(name);
+    }
+    let nightly = commit_of("nightly").unwrap_or_default();
+    if nightly != PINNED_NIGHTLY_COMMIT {
+        bail!(
+            "the kernel crate is pinned to the nightly built from {PINNED_NIGHTLY_COMMIT} \
+             (rustc 1.97.0-nightly, 2026-05-19), and this machine's nightly is {}: install that \
+             one as `nightly`, or move the pin (ebpf/rust-toolchain.toml and \
+             PINNED_NIGHTLY_COMMIT in xtask/src/setup.rs) and rebuild bpf-linker",
+            if nightly.is_empty() {
+                "missing"
+            } else {
+                &nightly
+            }
+        );
+    }
+    let sysroot = output(rustup().args(["run", "nightly", "rustc", "--print", "sysroot"]))
+        .context("the nightly's sysroot")?;
+    eprintln!("setup: linking the nightly as {name} (the kernel crate's pinned toolchain)");
+    run(rustup().args(["toolchain", "link", &name, sysroot.trim()]))?;
+    Ok(name)
 }
 
 fn cargo_home() -> PathBuf {
@@ -50,7 +99,7 @@ fn cargo_home() -> PathBuf {
 
 /// bpf-linker must link against the same LLVM major as the nightly's rustc. No system LLVM
 /// of that version exists here, but the nightly ships its own libLLVM: build against that.
-fn bpf_linker() -> anyhow::Result<()> {
+fn bpf_linker(toolchain: &str) -> anyhow::Result<()> {
     let works = Command::new("bpf-linker")
         .arg("--version")
         .output()
@@ -62,7 +111,7 @@ fn bpf_linker() -> anyhow::Result<()> {
     if works {
         return Ok(());
     }
-    let vv = output(rustup().args(["run", "nightly", "rustc", "-vV"]))
+    let vv = output(rustup().args(["run", toolchain, "rustc", "-vV"]))
         .context("rustc -vV of the nightly")?;
     let major = vv
         .lines()
@@ -70,7 +119,7 @@ fn bpf_linker() -> anyhow::Result<()> {
         .and_then(|v| v.split('.').next())
         .context("the nightly's rustc -vV names no LLVM version")?
         .to_owned();
-    let sysroot = output(rustup().args(["run", "nightly", "rustc", "--print", "sysroot"]))
+    let sysroot = output(rustup().args(["run", toolchain, "rustc", "--print", "sysroot"]))
         .context("the nightly's sysroot")?;
     let lib_dir = Path::new(sysroot.trim()).join("lib");
     let lib = std::fs::read_dir(&lib_dir)?

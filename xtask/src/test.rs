@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::util::{cargo, is_root, run, workspace_root};
+use crate::util::{cargo, cargo_in_ebpf, is_root, run, workspace_root};
 
 #[derive(Default)]
 struct Tally {
@@ -28,8 +28,31 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
         eprintln!("test: not root: the kernel tests will report themselves SKIPPED");
     }
     run(cargo().args(["fmt", "--all", "--", "--check"])).context("cargo fmt --check")?;
-    run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))
-        .context("cargo clippy")?;
+    // Every host crate, the lab included (it is not a default member).
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "sluice-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("cargo clippy")?;
+    // The kernel crate, for its own target with its own (pinned) toolchain.
+    run(cargo_in_ebpf().args([
+        "clippy",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("cargo clippy of the kernel crate (ebpf/)")?;
     run(cargo().args(["build", "--package", "sluice"]))?;
     let bin = workspace_root().join("target/debug/sluice");
     // One test thread: the kernel tests measure splits and count connections; running them
@@ -60,11 +83,7 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
             t.skipped += 1;
             t.passed += 1;
         } else {
-            let exe = std::env::current_exe().context("xtask's own path")?;
-            let ok = std::process::Command::new(exe)
-                .args(["bench", "--quick"])
-                .status()
-                .is_ok_and(|s| s.success());
+            let ok = crate::lab("bench", &["--quick".to_owned()]).is_ok();
             println!(
                 "bench_quick (cargo xtask bench --quick): {}",
                 if ok { "ok" } else { "FAILED" }

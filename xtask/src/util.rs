@@ -31,21 +31,6 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// Builds the agent and the tests' probe (the measuring client) in release mode; their paths.
-pub fn build_release_binaries() -> anyhow::Result<(PathBuf, PathBuf)> {
-    run(cargo().args(["build", "--release", "--package", "sluice"]))?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "sluice-tests",
-        "--bin",
-        "sluice-probe",
-    ]))?;
-    let dir = workspace_root().join("target/release");
-    Ok((dir.join("sluice"), dir.join("sluice-probe")))
-}
-
 pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail and touches no memory.
     unsafe { libc::geteuid() == 0 }
@@ -56,5 +41,15 @@ pub fn is_root() -> bool {
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// `cargo` in the kernel crate's folder, under the toolchain its rust-toolchain.toml pins
+/// (rustup reads that file there; the workspace's own toolchain override is dropped).
+pub fn cargo_in_ebpf() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root().join("ebpf"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO");
     cmd
 }

@@ -9,7 +9,7 @@
 mod duration;
 mod error;
 mod node;
-mod raw;
+pub mod raw;
 mod reload;
 mod rollout;
 mod validate;

@@ -49,7 +49,7 @@ fn measure(
     perf: bool,
     results: &mut Value,
 ) -> anyhow::Result<()> {
-    crate::measure_http::pin_self_to_cpu(1);
+    super::kernel_time::pin_self_to_cpu(1);
     let nginx = paths::start_nginx(env)?;
     let steer = Agent::start(env, sluice, "steer", false)?;
     let signals = Agent::start(env, sluice, "signals", true)?;

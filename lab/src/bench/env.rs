@@ -12,10 +12,11 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
+
+use sluice_tests::TestCgroup;
 
 use crate::util::run;
 
@@ -23,7 +24,7 @@ pub const NETNS: &str = "sluice-bench";
 
 pub struct BenchEnv {
     pub dir: PathBuf,
-    cgroups: Vec<PathBuf>,
+    cgroups: Vec<TestCgroup>,
     children: Vec<(String, Child)>,
     /// (sluice binary, pin path, socket, state file) of each agent started.
     agents: Vec<(PathBuf, String, String, String)>,
@@ -84,11 +85,12 @@ impl BenchEnv {
         Ok(())
     }
 
+    /// A cgroup of the bench's, removed when the bench ends.
     pub fn cgroup(&mut self, name: &str) -> anyhow::Result<PathBuf> {
-        let p = crate::local::cgroup2_mount()?.join(name);
-        std::fs::create_dir_all(&p).with_context(|| format!("mkdir {}", p.display()))?;
-        self.cgroups.push(p.clone());
-        Ok(p)
+        let cg = TestCgroup::named(name);
+        let path = cg.path().to_owned();
+        self.cgroups.push(cg);
+        Ok(path)
     }
 
     /// Starts a long-running process, remembered for cleanup.
@@ -136,14 +138,9 @@ impl Drop for BenchEnv {
                 let _ = std::fs::remove_dir_all(d);
             }
         }
-        // Processes just killed may still be leaving their cgroups.
-        for cg in self.cgroups.drain(..).rev() {
-            for _ in 0..50 {
-                if std::fs::remove_dir(&cg).is_ok() || !cg.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        // Each waits a moment for processes just killed to leave it.
+        while let Some(cg) = self.cgroups.pop() {
+            drop(cg);
         }
         let _ = Command::new("ip")
             .args(["netns", "del", NETNS])

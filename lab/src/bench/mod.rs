@@ -1,11 +1,12 @@
 //! `cargo xtask bench [--quick]`: sluice side by side with no steering, iptables, nftables,
 //! haproxy and Envoy, in one run, in a network namespace of its own. Writes
-//! `bench/report.md` and `bench/report.json` (`--quick` writes to `target/bench-quick/`:
-//! a smoke run whose numbers mean nothing). Every figure is also given as a ratio to the
+//! `target/bench/report.md` and `target/bench/report.json` (`--quick` writes to
+//! `target/bench-quick/`: a smoke run whose numbers mean nothing). Every figure is also given as a ratio to the
 //! direct path measured in the same run.
 
 mod agents;
 mod env;
+mod kernel_time;
 mod paths;
 mod report;
 mod runs;
@@ -25,13 +26,12 @@ use std::{
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
-use crate::{
-    local::Backend,
-    measure::{add_cost, prog_stats},
-    util::{output, run, workspace_root},
-};
+use sluice_tests::Backend;
+
+use crate::util::{output, run, workspace_root};
 use agents::{Agent, FLIP_VIP};
 use env::BenchEnv;
+use kernel_time::{add_cost, pin_self_to_cpu, prog_stats};
 use paths::{ALL, GREET_CANARY, GREET_STABLE, Way};
 
 /// How much of everything: the full run, or the smoke run `cargo xtask test` does.
@@ -96,11 +96,11 @@ pub fn bench(quick: bool) -> anyhow::Result<()> {
     install()?;
     let (sluice, probe) = crate::util::build_release_binaries()?;
     let root = workspace_root();
-    let out_dir = if quick {
-        root.join("target/bench-quick")
+    let out_dir = root.join(if quick {
+        "target/bench-quick"
     } else {
-        root.join("bench")
-    };
+        "target/bench"
+    });
     let versions = versions()?;
     let plan = Plan::new(quick);
     let started = Instant::now();
@@ -191,10 +191,10 @@ fn measure_all(
     probe: &Path,
     results: &mut Value,
 ) -> anyhow::Result<()> {
-    crate::measure_http::pin_self_to_cpu(1);
+    pin_self_to_cpu(1);
     let greet = [
-        Backend::start(GREET_STABLE, "stable")?,
-        Backend::start(GREET_CANARY, "canary")?,
+        Backend::start_at(GREET_STABLE.parse()?, "stable")?,
+        Backend::start_at(GREET_CANARY.parse()?, "canary")?,
     ];
     paths::start_nginx(env)?;
     paths::start_haproxy(env)?;
@@ -397,9 +397,7 @@ fn measure_all(
         hooks.push(json!({ "rounds": kind, "way": way, "program": program, "ns_per_call": per_call, "calls": cnt }));
     }
     results["hooks"] = json!(hooks);
-    for b in greet {
-        b.stop();
-    }
+    drop(greet);
     Ok(())
 }
 
@@ -455,10 +453,11 @@ fn set_stats(on: bool) -> anyhow::Result<()> {
     std::fs::write(STATS, if on { "1" } else { "0" }).context("kernel.bpf_stats_enabled")
 }
 
-/// Writes bench/report.md again from bench/report.json.
+/// Writes target/bench/report.md again from target/bench/report.json.
 pub fn render() -> anyhow::Result<()> {
-    let dir = workspace_root().join("bench");
-    let text = std::fs::read_to_string(dir.join("report.json")).context("bench/report.json")?;
+    let dir = workspace_root().join("target/bench");
+    let text =
+        std::fs::read_to_string(dir.join("report.json")).context("target/bench/report.json")?;
     let results: Value = serde_json::from_str(&text)?;
     std::fs::write(dir.join("report.md"), report::markdown(&results))?;
     Ok(())

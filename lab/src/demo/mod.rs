@@ -6,7 +6,6 @@
 //! Everything it starts is stopped, and every pin, cgroup and file it made removed, when it
 //! ends or is interrupted (Ctrl-C).
 
-mod backend;
 mod client;
 mod view;
 
@@ -25,11 +24,13 @@ use std::{
 use anyhow::{Context as _, bail};
 pub use client::client;
 
-use crate::{
-    local::{cgroup2_mount, wait_for_daemon},
-    util::{cargo, run, workspace_root},
+use sluice_tests::{
+    TestCgroup,
+    agent::wait_until_answering,
+    http::{Behaviour, HttpBackend},
 };
-use backend::HttpBackend;
+
+use crate::util::{cargo, run, workspace_root};
 
 const VIP: &str = "127.0.10.100:80";
 const STABLE: &str = "127.0.10.1:8080";
@@ -40,8 +41,8 @@ const STATE: &str = "/run/sluice-demo/rollouts.json";
 const CGROUP: &str = "sluice-demo";
 /// The faulty canary starts failing this long after the rollout starts (during step 3).
 const FAULT_AFTER: Duration = Duration::from_secs(35);
-/// ... this many of every 1000 requests.
-const FAULT_PER_MILLE: u32 = 200;
+/// ... one request in this many (20 %).
+const FAULT_EVERY: u64 = 5;
 /// The demo gives up after this long whatever the rollout does.
 const LIMIT: Duration = Duration::from_secs(240);
 
@@ -79,11 +80,14 @@ fn show(
     // A state file from an interrupted earlier run would resume that rollout.
     let _ = std::fs::remove_file(STATE);
     let _ = std::fs::remove_file(&env.stop_file);
-    let cgroup = cgroup2_mount()?.join(CGROUP);
-    std::fs::create_dir_all(&cgroup).with_context(|| format!("mkdir {}", cgroup.display()))?;
-    env.cgroup = Some(cgroup.clone());
-    env.backends.push(HttpBackend::start(STABLE)?);
-    env.backends.push(HttpBackend::start(CANARY)?);
+    let cg = TestCgroup::named(CGROUP);
+    let cgroup = cg.path().to_owned();
+    env.cgroup = Some(cg);
+    for addr in [STABLE, CANARY] {
+        let backend = HttpBackend::start_at(addr.parse()?, Behaviour::default())
+            .with_context(|| format!("bind {addr}"))?;
+        env.backends.push(backend);
+    }
 
     let log_path = root.join("target/sluice-demo.log");
     let log = std::fs::File::create(&log_path)?;
@@ -95,8 +99,9 @@ fn show(
             .spawn()
             .context("starting sluice run")?,
     );
-    wait_for_daemon(&env.sluice, Path::new(SOCKET), Duration::from_secs(10))
-        .with_context(|| format!("the daemon did not come up; see {}", log_path.display()))?;
+    if !wait_until_answering(&env.sluice, Path::new(SOCKET), Duration::from_secs(10)) {
+        bail!("the daemon did not come up; see {}", log_path.display());
+    }
     env.client = Some(
         Command::new(std::env::current_exe()?)
             .arg("demo-client")
@@ -123,7 +128,7 @@ fn show(
         println!(
             "  --faulty-canary: {} s in, the canary starts answering {}% of its requests 503.",
             FAULT_AFTER.as_secs(),
-            FAULT_PER_MILLE / 10
+            100 / FAULT_EVERY
         );
     }
     println!("  daemon log: {}\n", log_path.display());
@@ -152,13 +157,10 @@ fn show(
         println!("{}", view::line(start.elapsed().as_secs(), &r));
         if faulty && !fault_on && start.elapsed() >= FAULT_AFTER {
             fault_on = true;
-            env.backends[1]
-                .counts
-                .fail_per_mille
-                .store(FAULT_PER_MILLE, Ordering::Relaxed);
+            env.backends[1].set_fail_every(FAULT_EVERY);
             println!(
                 "  !! the canary starts answering {}% of its requests 503",
-                FAULT_PER_MILLE / 10
+                100 / FAULT_EVERY
             );
         }
         let phase = r["phase"].as_str().unwrap_or("");
@@ -186,11 +188,9 @@ fn show(
     run(Command::new(&env.sluice).args(["status", "demo", "--socket", SOCKET]))?;
     let seen: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_default();
     let count = |i: usize, which: &str| {
-        let c = &env.backends[i].counts;
-        match which {
-            "ok" => c.ok.load(Ordering::Relaxed),
-            _ => c.failed.load(Ordering::Relaxed),
-        }
+        let seen = env.backends[i].seen();
+        let status = if which == "ok" { 200 } else { 503 };
+        seen.responses.get(&status).copied().unwrap_or(0)
     };
     println!(
         "\nthe backends answered: stable {} ok, {} failed; canary {} ok, {} failed",
@@ -226,7 +226,7 @@ fn rollout(sluice: &Path) -> anyhow::Result<serde_json::Value> {
 struct DemoEnv {
     sluice: PathBuf,
     stop_file: PathBuf,
-    cgroup: Option<PathBuf>,
+    cgroup: Option<TestCgroup>,
     daemon: Option<Child>,
     client: Option<Child>,
     backends: Vec<HttpBackend>,
@@ -250,12 +250,10 @@ impl DemoEnv {
             let _ = d.kill();
             let _ = d.wait();
         }
-        for b in self.backends.drain(..) {
-            b.stop();
-        }
-        if let Some(cg) = self.cgroup.take() {
-            let _ = std::fs::remove_dir(&cg);
-        }
+        // Dropping them closes the backends and removes the cgroup (once the client has
+        // left it).
+        self.backends.clear();
+        self.cgroup = None;
         let _ = std::fs::remove_file(&self.stop_file);
         // The daemon removes its socket when it exits on its own; not when it was killed.
         if let Some(dir) = Path::new(SOCKET).parent() {

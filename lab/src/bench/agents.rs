@@ -9,11 +9,15 @@ use std::{
     time::Duration,
 };
 
+use sluice_tests::{
+    agent::wait_until_answering,
+    config::{ConfigBuilder, ServiceBuilder},
+};
+
 use super::{
     env::BenchEnv,
     paths::{GREET_CANARY, GREET_STABLE, HTTP_CANARY, HTTP_STABLE, SPLIT_SLUICE},
 };
-use crate::local::wait_for_daemon;
 
 /// The flip service: 0 % canary until the bench sets it, to time a share change.
 pub const FLIP_VIP: &str = "127.0.1.4:80";
@@ -27,12 +31,19 @@ pub struct Agent {
     signals: bool,
 }
 
-fn service(name: &str, vip: &str, stable: &str, canary: &str, percent: f64, http: bool) -> String {
-    format!(
-        "  - name: {name}\n    virtual_addresses: [\"{vip}\"]\n    canary_percent: {percent}\n{}    \
-         stable: [{{address: \"{stable}\"}}]\n    canary: [{{address: \"{canary}\"}}]\n",
-        if http { "    l7: http1\n" } else { "" }
-    )
+fn service(
+    name: &str,
+    vip: &str,
+    stable: &str,
+    canary: &str,
+    percent: f64,
+    http: bool,
+) -> anyhow::Result<ServiceBuilder> {
+    Ok(ServiceBuilder::new(name, vip.parse()?)
+        .stable(stable.parse()?)
+        .canary(canary.parse()?)
+        .canary_percent(percent)
+        .http1(http))
 }
 
 impl Agent {
@@ -66,7 +77,12 @@ impl Agent {
                 .stdout(std::process::Stdio::null())
                 .stderr(log),
         )?;
-        wait_for_daemon(sluice, Path::new(&a.socket), Duration::from_secs(20))?;
+        if !wait_until_answering(sluice, Path::new(&a.socket), Duration::from_secs(20)) {
+            anyhow::bail!(
+                "the {name} agent did not answer on {} within 20 s",
+                a.socket
+            );
+        }
         Ok(a)
     }
 
@@ -77,54 +93,61 @@ impl Agent {
     /// Writes the config with `services` services in all (the measured ones plus fillers);
     /// the running agent picks it up within a second.
     pub fn write_config(&self, pins: &str, state: &Path, services: u32) -> anyhow::Result<()> {
-        let mut text = format!(
-            "cgroup: {}\npin_path: {pins}\napi_socket: {}\nstate_path: {}\nmetrics_address: 127.0.0.1:0\nsignals: {}\nservices:\n",
-            self.cgroup.display(),
-            self.socket,
-            state.display(),
-            self.signals
-        );
-        text += &service(
-            "conn",
-            "127.0.1.1:80",
-            GREET_STABLE,
-            GREET_CANARY,
-            10.0,
-            false,
-        );
-        text += &service(
-            "http",
-            "127.0.1.2:80",
-            HTTP_STABLE,
-            HTTP_CANARY,
-            10.0,
-            self.signals,
-        );
-        if !self.signals {
-            text += &service(
-                "split",
-                SPLIT_SLUICE,
+        let mut config = ConfigBuilder::new()
+            .cgroup(&self.cgroup)
+            .pin_path(Path::new(pins))
+            .api_socket(Path::new(&self.socket))
+            .state_path(state)
+            .metrics_address("127.0.0.1:0")
+            .signals(self.signals)
+            .service(service(
+                "conn",
+                "127.0.1.1:80",
                 GREET_STABLE,
                 GREET_CANARY,
-                5.0,
+                10.0,
                 false,
-            );
-            text += &service("flip", FLIP_VIP, GREET_STABLE, GREET_CANARY, 0.0, false);
+            )?)
+            .service(service(
+                "http",
+                "127.0.1.2:80",
+                HTTP_STABLE,
+                HTTP_CANARY,
+                10.0,
+                self.signals,
+            )?);
+        if !self.signals {
+            config = config
+                .service(service(
+                    "split",
+                    SPLIT_SLUICE,
+                    GREET_STABLE,
+                    GREET_CANARY,
+                    5.0,
+                    false,
+                )?)
+                .service(service(
+                    "flip",
+                    FLIP_VIP,
+                    GREET_STABLE,
+                    GREET_CANARY,
+                    0.0,
+                    false,
+                )?);
             for i in 0..services.saturating_sub(1) {
                 let vip = format!("127.1.{}.{}:80", i / 250, 1 + i % 250);
-                text += &service(
-                    &format!("filler-{i}"),
+                let filler = format!("filler-{i}");
+                config = config.service(service(
+                    &filler,
                     &vip,
                     GREET_STABLE,
                     GREET_CANARY,
                     10.0,
                     false,
-                );
+                )?);
             }
         }
-        let tmp = self.config.with_extension("tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &self.config)?;
+        config.write(&self.config)?;
         Ok(())
     }
 

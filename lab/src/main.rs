@@ -1,0 +1,91 @@
+//! `sluice-lab`: the bench and the demo, run for real on this machine (`cargo xtask bench`
+//! and `cargo xtask demo` set up, then run this). Agents, servers, clients, cgroups and the
+//! agent's configurations come from the test kit (`sluice-tests`); this crate only arranges
+//! them and reports.
+
+mod bench;
+mod demo;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sluice-lab", about = "sluice's bench and demo")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a canary rollout live: a stable and a canary HTTP backend on loopback, a client
+    /// in a demo cgroup, and the daemon walking the canary up step by step on the evidence
+    /// until it is promoted (about a minute and a half).
+    Demo {
+        /// The canary starts failing part of its requests half-way: watch it rolled back.
+        #[arg(long)]
+        faulty_canary: bool,
+    },
+    /// Benchmark sluice side by side with no steering, iptables, nftables, haproxy and
+    /// Envoy, in one run in a network namespace of its own; writes target/bench/report.md
+    /// and target/bench/report.json (about 12 minutes). Installs what it needs.
+    Bench {
+        /// A smoke run of about 40 seconds whose numbers mean nothing (`cargo xtask test`
+        /// runs it): writes target/bench-quick/ instead.
+        #[arg(long)]
+        quick: bool,
+        /// Only the signal hooks' cost: HTTP rounds through direct, steering only and
+        /// steering with signals, keep-alive and one connection per request (about five
+        /// minutes); writes target/bench-signals/report.json.
+        #[arg(long, conflicts_with = "quick")]
+        signals: bool,
+        /// Rounds of each way with --signals.
+        #[arg(long, default_value_t = 25, requires = "signals")]
+        rounds: u32,
+        /// Seconds a round with --signals.
+        #[arg(long, default_value_t = 2, requires = "signals")]
+        seconds: u32,
+        /// With --signals: after the rounds, one more round of each way under
+        /// `perf record -a -g` (cpu-clock), written to target/bench-signals/perf-*.data, to
+        /// see where a way's extra time goes, inside the hooks and around them.
+        #[arg(long, requires = "signals")]
+        perf: bool,
+    },
+    /// Writes target/bench/report.md again from target/bench/report.json (after a change to
+    /// the report's layout).
+    BenchRender,
+    /// (internal) The demo's client: joins a cgroup and sends requests in a bounded loop.
+    #[command(hide = true)]
+    DemoClient {
+        cgroup: std::path::PathBuf,
+        address: std::net::SocketAddr,
+        seconds: u64,
+        stop_file: std::path::PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Demo { faulty_canary } => demo::demo(faulty_canary),
+        Command::Bench {
+            quick,
+            signals,
+            rounds,
+            seconds,
+            perf,
+        } => {
+            if signals {
+                bench::signals::run(rounds, seconds, perf)
+            } else {
+                bench::bench(quick)
+            }
+        }
+        Command::BenchRender => bench::render(),
+        Command::DemoClient {
+            cgroup,
+            address,
+            seconds,
+            stop_file,
+        } => demo::client(&cgroup, address, seconds, &stop_file),
+    }
+}
