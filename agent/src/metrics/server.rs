@@ -129,3 +129,46 @@ async fn ask<T>(
         .ok()?
         .ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// GET `path` from the server at `addr`; the whole response.
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.expect("read");
+        text
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn metrics_that_cannot_be_read_answer_503_with_the_reason() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let addr = serve("127.0.0.1:0".parse().expect("address"), tx)
+            .await
+            .expect("bind");
+        let reason = "reading the steering counters from the kernel failed (nothing was written)";
+        tokio::spawn(async move {
+            while let Some(scrape) = rx.recv().await {
+                match scrape {
+                    Scrape::Metrics(reply) => {
+                        let _ = reply.send(Err(reason.to_owned()));
+                    }
+                    Scrape::Ready(reply) => {
+                        let _ = reply.send(());
+                    }
+                }
+            }
+        });
+        let text = get(addr, "/metrics").await;
+        assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+        assert!(text.ends_with(&format!("\r\n\r\n{reason}\n")), "{text}");
+        // The rest of the server is unaffected.
+        assert!(get(addr, "/ready").await.starts_with("HTTP/1.1 200 "));
+        assert!(get(addr, "/live").await.starts_with("HTTP/1.1 200 "));
+    }
+}
