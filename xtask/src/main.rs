@@ -6,11 +6,9 @@
 
 mod setup;
 mod test;
-mod util;
 
 use clap::{Parser, Subcommand};
-
-use crate::util::{cargo, run};
+use xtask::util::{self, cargo, run};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "sluice's set-up, tests, demo and bench")]

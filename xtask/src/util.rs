@@ -1,3 +1,5 @@
+//! Running commands, and cargo in the workspace.
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
