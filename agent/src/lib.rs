@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod desired;
+pub mod limits;
 pub mod metrics;
 pub mod rollout;
 #[expect(unsafe_code, reason = "the agent's one module of raw syscalls")]

@@ -16,6 +16,8 @@ pub struct Agent {
     pub socket: PathBuf,
     pub log_path: PathBuf,
     pub state_path: PathBuf,
+    /// A port free when the agent was prepared, for its `/metrics`.
+    pub metrics_port: u16,
 }
 
 pub fn sluice_bin() -> PathBuf {
@@ -51,30 +53,43 @@ pub fn wait_until_answering(sluice: &Path, socket: &Path, timeout: Duration) -> 
 impl Agent {
     /// Writes a config (header for `cgroup` + `services_yaml`) and starts the daemon.
     pub fn start(tag: &str, cgroup: &TestCgroup, services_yaml: &str) -> Self {
+        let mut agent = Self::prepare(tag, cgroup, services_yaml);
+        agent.spawn();
+        agent
+    }
+
+    /// Writes a config as [`Agent::start`] does, without starting the daemon.
+    pub fn prepare(tag: &str, cgroup: &TestCgroup, services_yaml: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("sluice-test-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
-        let mut agent = Self {
+        let agent = Self {
             child: None,
             config_path: dir.join("sluice.yaml"),
             pin_path: PathBuf::from(format!("/sys/fs/bpf/sluice-test-{tag}")),
             socket: dir.join("api/sluice.sock"),
             log_path: dir.join("sluice.log"),
             state_path: dir.join("rollouts.json"),
+            metrics_port: crate::unused_port("127.0.0.1"),
             dir,
         };
         agent.write_config(cgroup, services_yaml);
-        agent.spawn();
         agent
+    }
+
+    /// The agent's own scratch directory (removed with it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn config_text(&self, cgroup: &TestCgroup, services_yaml: &str) -> String {
         format!(
-            "cgroup: {}\npin_path: {}\napi_socket: {}\nstate_path: {}\nmetrics_address: 127.0.0.1:0\nservices:\n{services_yaml}",
+            "cgroup: {}\npin_path: {}\napi_socket: {}\nstate_path: {}\nmetrics_address: 127.0.0.1:{}\nservices:\n{services_yaml}",
             cgroup.path().display(),
             self.pin_path.display(),
             self.socket.display(),
-            self.state_path.display()
+            self.state_path.display(),
+            self.metrics_port
         )
     }
 
@@ -145,6 +160,11 @@ impl Agent {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The daemon's pid (it must be running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// Sends a signal to the daemon (by its pid).

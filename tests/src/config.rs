@@ -11,8 +11,8 @@ pub struct ConfigBuilder(RawConfig);
 
 impl Default for ConfigBuilder {
     fn default() -> Self {
-        // The file's own defaults: what an empty document means.
-        Self(serde_yaml::from_str("{}").expect("an empty configuration parses"))
+        // The file's own defaults, and no services yet (said explicitly, as the file must).
+        Self(serde_yaml::from_str("services: []").expect("a configuration without services parses"))
     }
 }
 
@@ -52,7 +52,7 @@ impl ConfigBuilder {
     }
 
     pub fn service(mut self, service: ServiceBuilder) -> Self {
-        self.0.services.push(service.0);
+        self.0.services.get_or_insert_with(Vec::new).push(service.0);
         self
     }
 

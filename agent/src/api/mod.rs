@@ -19,8 +19,11 @@ pub enum Request {
         service: String,
         percent: f64,
     },
-    /// Remove every program, link and pin, then exit.
-    Detach,
+    /// Remove every program, link and pin, then exit. `pin_path` names the pins the caller
+    /// means: a daemon whose pins are elsewhere refuses, and removes nothing.
+    Detach {
+        pin_path: std::path::PathBuf,
+    },
     /// Rollout control: `action` is promote, abort, pause or resume.
     Rollout {
         service: String,

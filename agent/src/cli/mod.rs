@@ -108,16 +108,22 @@ enum Command {
     Pause(RolloutArgs),
     /// Resume a paused rollout at the same step, with a fresh analysis window.
     Resume(RolloutArgs),
-    /// Remove every program, link and pin: steering stops. Asks a running daemon to do it
-    /// (and exit); without one, removes the pins itself.
+    /// Remove every program, link and pin of one agent, and its rollout state: steering
+    /// stops. A daemon answering on the socket is asked to do it (and exit), and refuses if
+    /// its pins are not the ones named; without a daemon the pins are removed here, and only
+    /// from bpffs, laid out as sluice lays them out.
     Detach {
+        /// Take the pin path, state path and socket from this configuration file (its
+        /// `api_socket` wins over --socket and SLUICE_SOCKET).
+        #[arg(long, short, conflicts_with_all = ["pin_path", "state_path"])]
+        config: Option<PathBuf>,
         /// The pin directory of the agent to detach (the config's `pin_path`).
         #[arg(long, default_value = crate::config::DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
         /// The rollout state file (the config's `state_path`), removed with the pins.
         #[arg(long, default_value = crate::config::DEFAULT_STATE_PATH)]
         state_path: PathBuf,
-        /// The daemon's control socket.
+        /// The daemon's control socket (the config's `api_socket`).
         #[arg(long, default_value = DEFAULT_API_SOCKET, env = "SLUICE_SOCKET")]
         socket: PathBuf,
     },
@@ -155,10 +161,24 @@ pub fn main() -> ExitCode {
         Command::Pause(a) => rollout::control(&a.socket, &a.service, RolloutAction::Pause),
         Command::Resume(a) => rollout::control(&a.socket, &a.service, RolloutAction::Resume),
         Command::Detach {
+            config,
             pin_path,
             state_path,
             socket,
-        } => detach::detach(&pin_path, &state_path, &socket),
+        } => {
+            let target = match config {
+                Some(path) => match detach::Target::from_config(&path) {
+                    Ok(t) => t,
+                    Err(e) => return fail(exit::USAGE, &e),
+                },
+                None => detach::Target {
+                    pin_path,
+                    state_path,
+                    socket,
+                },
+            };
+            detach::detach(&target)
+        }
     }
 }
 

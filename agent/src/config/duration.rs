@@ -26,10 +26,10 @@ pub fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
         _ => return Err(bad()),
     };
     let secs = n * scale;
-    if !secs.is_finite() || secs <= 0.0 || secs > 7.0 * 86_400.0 {
+    if !secs.is_finite() || !(1e-3..=7.0 * 86_400.0).contains(&secs) {
         return Err(ConfigError::invalid(
             key,
-            format!("{text:?} is out of range (0, 7 days]"),
+            format!("{text:?} is out of range [1ms, 7 days]"),
         ));
     }
     Ok(Duration::from_secs_f64(secs))

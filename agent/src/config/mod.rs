@@ -6,6 +6,7 @@
 //! then resolves its cgroup paths on this node. Nothing touches the kernel before a whole
 //! file has validated and bound.
 
+mod bounds;
 mod duration;
 mod error;
 mod node;
@@ -16,6 +17,7 @@ mod validate;
 
 use std::{net::SocketAddr, path::PathBuf};
 
+pub use bounds::{MAX_CONFIG_BYTES, read_regular_file};
 pub use duration::duration;
 pub use error::ConfigError;
 pub use node::{Node, SegmentMember, bind, bind_under};

@@ -21,8 +21,10 @@ pub struct RawConfig {
     pub state_path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_tag_slots: Option<u64>,
-    #[serde(default)]
-    pub services: Vec<RawService>,
+    /// Required, so that an empty or truncated file never reads as "no services": a
+    /// configuration that steers nothing says `services: []`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<RawService>>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

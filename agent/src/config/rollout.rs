@@ -183,6 +183,12 @@ fn steps(key: &str, raw: &RawRollout) -> Result<Vec<u32>, ConfigError> {
                     ));
                 }
             }
+            if step > max {
+                return Err(ConfigError::invalid(
+                    format!("{key}.step"),
+                    format!("{step} is above max ({max}): there would be no step below max"),
+                ));
+            }
             if max / step > MAX_STEPS as f64 {
                 return Err(ConfigError::invalid(
                     format!("{key}.step"),

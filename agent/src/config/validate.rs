@@ -4,37 +4,55 @@
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use sluice_common::{
-    MAX_SERVICES, MAX_SLOTS_PER_VERSION, PPM,
+    MAX_SERVICES, MAX_SLOTS, MAX_SLOTS_PER_VERSION, PPM,
     maps::{DEFAULT_TAG_SLOTS, MAX_TAG_SLOTS},
     slots::total_slots,
 };
 
 use address::{family, socket_addr, virtual_addresses};
+use paths::{cgroup_path, check_roles, metrics_address, own_path};
 
 use super::{
     BackendConfig, Config, ConfigError, DEFAULT_API_SOCKET, DEFAULT_METRICS_ADDRESS,
     DEFAULT_PIN_PATH, DEFAULT_STATE_PATH, Selection, ServiceConfig,
+    bounds::{MAX_CONFIG_BYTES, check_document, read_regular_file},
     raw::{RawBackend, RawConfig, RawService},
 };
 
 /// Largest per-backend weight.
 const MAX_WEIGHT: i64 = 1_000;
 
-/// Reads and validates a configuration file.
+/// Reads and validates a configuration file: a regular file of at most
+/// [`MAX_CONFIG_BYTES`].
 pub fn parse(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let read = |source| ConfigError::Read {
         path: path.to_owned(),
         source,
+    };
+    let bytes = read_regular_file(path, MAX_CONFIG_BYTES).map_err(read)?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        read(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text ({e})"),
+        ))
     })?;
     parse_str(&text)
 }
 
-/// Validates a configuration given as YAML text.
+/// Validates a configuration given as YAML text. The document is bounded (size, nesting,
+/// what its aliases expand to) before it is deserialised.
 pub fn parse_str(text: &str) -> Result<Config, ConfigError> {
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::Syntax(format!(
+            "{} bytes; a configuration has at most {MAX_CONFIG_BYTES}",
+            text.len()
+        )));
+    }
+    check_document(text)?;
     let raw: RawConfig =
         serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
     validate(raw)
@@ -46,41 +64,43 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         .as_deref()
         .map(|p| cgroup_path("cgroup", p))
         .transpose()?;
-    let pin_path = absolute_path(
+    let pin_path = own_path(
         "pin_path",
         raw.pin_path.as_deref().unwrap_or(DEFAULT_PIN_PATH),
     )?;
-    let api_socket = absolute_path(
+    let api_socket = own_path(
         "api_socket",
         raw.api_socket.as_deref().unwrap_or(DEFAULT_API_SOCKET),
     )?;
-    let state_path = absolute_path(
+    let state_path = own_path(
         "state_path",
         raw.state_path.as_deref().unwrap_or(DEFAULT_STATE_PATH),
     )?;
-    let metrics_text = raw
-        .metrics_address
-        .as_deref()
-        .unwrap_or(DEFAULT_METRICS_ADDRESS);
-    let metrics_address: SocketAddr = metrics_text.parse().map_err(|_| {
-        ConfigError::invalid(
-            "metrics_address",
-            format!("{metrics_text:?} is not an address and port"),
-        )
-    })?;
+    check_roles(&pin_path, &api_socket, &state_path)?;
+    let metrics_address = metrics_address(
+        raw.metrics_address
+            .as_deref()
+            .unwrap_or(DEFAULT_METRICS_ADDRESS),
+    )?;
 
     let socket_tag_slots = socket_tag_slots(raw.socket_tag_slots)?;
-    if raw.services.len() > MAX_SERVICES as usize {
+    let Some(raw_services) = raw.services else {
+        return Err(ConfigError::invalid(
+            "services",
+            "missing: the file names no services (is it empty or cut short?); a \
+             configuration that steers nothing says `services: []`",
+        ));
+    };
+    if raw_services.len() > MAX_SERVICES as usize {
         return Err(ConfigError::invalid(
             "services",
             format!(
                 "{} services, at most {MAX_SERVICES} are supported",
-                raw.services.len()
+                raw_services.len()
             ),
         ));
     }
-    let services = raw
-        .services
+    let services = raw_services
         .into_iter()
         .enumerate()
         .map(|(i, s)| service(&format!("services[{i}]"), s))
@@ -117,36 +137,6 @@ fn socket_tag_slots(raw: Option<u64>) -> Result<u32, ConfigError> {
         ));
     }
     Ok(n as u32)
-}
-
-fn absolute_path(key: &str, p: &str) -> Result<PathBuf, ConfigError> {
-    let path = PathBuf::from(p);
-    if !path.is_absolute() {
-        return Err(ConfigError::invalid(
-            key,
-            format!("{p:?} must be an absolute path"),
-        ));
-    }
-    Ok(path)
-}
-
-/// A cgroup as written: an absolute path, or one relative to the cgroup2 mount. Only its
-/// form is checked here; whether it exists on a node is [`super::bind`]'s question.
-fn cgroup_path(key: &str, p: &str) -> Result<PathBuf, ConfigError> {
-    if p.is_empty() || p.contains('\0') {
-        return Err(ConfigError::invalid(key, format!("{p:?} is not a path")));
-    }
-    let path = PathBuf::from(p);
-    if path
-        .components()
-        .any(|c| matches!(c, std::path::Component::ParentDir))
-    {
-        return Err(ConfigError::invalid(
-            key,
-            format!("{p:?}: `..` is not allowed in a cgroup path"),
-        ));
-    }
-    Ok(path)
 }
 
 fn service(key: &str, raw: RawService) -> Result<ServiceConfig, ConfigError> {
@@ -218,6 +208,13 @@ fn service(key: &str, raw: RawService) -> Result<ServiceConfig, ConfigError> {
                 format!("{} is also a stable backend", b.address),
             ));
         }
+    }
+    if raw.segment.as_ref().is_some_and(Vec::is_empty) {
+        return Err(ConfigError::invalid(
+            format!("{key}.segment"),
+            "is empty, so no caller could ever reach the canary; list the client cgroups, \
+             or remove `segment` to let every caller",
+        ));
     }
     let segment = raw
         .segment
@@ -303,7 +300,14 @@ fn percent_to_ppm(key: &str, percent: f64) -> Result<u32, ConfigError> {
             format!("{percent} is out of range 0..=100"),
         ));
     }
-    Ok(((percent * f64::from(PPM) / 100.0).round() as u32).min(PPM))
+    let ppm = ((percent * f64::from(PPM) / 100.0).round() as u32).min(PPM);
+    if ppm == 0 && percent > 0.0 {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{percent} is below the 0.0001 % resolution and would be 0"),
+        ));
+    }
+    Ok(ppm)
 }
 
 /// A percent from the control API, checked like the configuration's.
@@ -312,6 +316,26 @@ pub fn percent_to_ppm_checked(percent: f64) -> Result<u32, ConfigError> {
 }
 
 fn check_across_services(services: &[ServiceConfig]) -> Result<(), ConfigError> {
+    // An apply writes the new slot tables beside the old ones before it flips the services
+    // to them: the kernel's slot map must hold both.
+    let slots_of = |b: &[BackendConfig]| {
+        let weights: Vec<u32> = b.iter().map(|b| b.weight).collect();
+        u64::from(total_slots(&weights))
+    };
+    let slots: u64 = services
+        .iter()
+        .map(|s| slots_of(&s.stable) + slots_of(&s.canary))
+        .sum();
+    let room = u64::from(MAX_SLOTS / 2);
+    if slots > room {
+        return Err(ConfigError::invalid(
+            "services",
+            format!(
+                "the services' weights need {slots} backend slots in all; the kernel holds \
+                 {MAX_SLOTS}, half of them for the generation an apply replaces: at most {room}"
+            ),
+        ));
+    }
     let mut names = HashMap::new();
     let mut vips: HashMap<SocketAddr, usize> = HashMap::new();
     for (i, s) in services.iter().enumerate() {
@@ -355,5 +379,8 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 }
 
 mod address;
+#[cfg(test)]
+mod fuzz;
+mod paths;
 #[cfg(test)]
 mod tests;

@@ -20,7 +20,7 @@ impl Daemon {
             Request::Status => self.status(),
             Request::SetWeight { service, percent } => self.set_weight(service, percent),
             Request::Rollout { service, action } => self.rollout(service, action),
-            Request::Detach => self.detach(),
+            Request::Detach { pin_path } => self.detach(&pin_path),
         }
     }
 
@@ -98,7 +98,18 @@ impl Daemon {
         }
     }
 
-    fn detach(&mut self) -> Response {
+    fn detach(&mut self, asked: &std::path::Path) -> Response {
+        let normal = |p: &std::path::Path| p.components().collect::<std::path::PathBuf>();
+        if normal(asked) != normal(&self.config.pin_path) {
+            return Response::Error {
+                message: format!(
+                    "this daemon's pins are under {}, not {}: it detaches only its own \
+                     (nothing was removed)",
+                    self.config.pin_path.display(),
+                    asked.display()
+                ),
+            };
+        }
         match detach_pins(&self.config.pin_path) {
             Ok(removed) => {
                 // Rollout state describes the steering just removed: it goes with it.

@@ -7,6 +7,7 @@
 
 mod control;
 mod reload;
+mod watch;
 
 use std::{
     path::{Path, PathBuf},
@@ -20,13 +21,16 @@ use tokio::{
 };
 
 use crate::{
-    api::{self, Request},
+    api::{self, Response},
     config::{Config, ConfigError, Node},
-    dataplane::{ApplyReport, Dataplane, DataplaneError},
+    dataplane::{ApplyReport, CgroupChange, Dataplane, DataplaneError},
     desired::desired_state,
     metrics::{self, Scrape, ShareWindows},
     rollout::{self, Controller, Outcome, StateError, SystemClock},
+    view::AgentHealth,
 };
+use reload::Reloads;
+use watch::{Seen, Watch};
 
 /// How often the configuration file is re-read to notice changes. ConfigMap updates swap a
 /// symlink: re-reading the path (rather than watching one inode) sees through that.
@@ -62,16 +66,20 @@ struct Daemon {
     node: Node,
     rollouts: Controller,
     dp: Dataplane,
+    health: AgentHealth,
 }
 
 pub async fn run(config_path: PathBuf, config: Config, node: Node) -> Result<(), DaemonError> {
     if crate::sys::effective_uid() != 0 {
         return Err(DaemonError::NotRoot);
     }
-    let mut loaded_text = std::fs::read(&config_path).unwrap_or_default();
+    let mut watch = Watch::new(&config_path);
+    // Both servers are bound before the kernel is touched: a daemon that cannot serve
+    // refuses to start having changed nothing (and one already running is not disturbed).
     let (calls_tx, mut calls) = mpsc::channel(16);
-    // Refuse to start beside a running daemon before touching the kernel.
     api::serve(&config.api_socket, calls_tx)?;
+    let (scrape_tx, mut scrapes) = mpsc::channel(16);
+    let metrics_address = metrics::serve(config.metrics_address, scrape_tx).await?;
     let (rollouts, loaded) = Controller::load(&config, Arc::new(SystemClock))?;
     let dp = Dataplane::load(&config, &node)?;
     let mut d = Daemon {
@@ -80,14 +88,13 @@ pub async fn run(config_path: PathBuf, config: Config, node: Node) -> Result<(),
         node,
         rollouts,
         dp,
+        health: AgentHealth::default(),
     };
     let report = d.steer()?;
     if loaded.changed {
         d.save();
     }
     let adopted = d.dp.attach()?;
-    let (scrape_tx, mut scrapes) = mpsc::channel(16);
-    let metrics_address = metrics::serve(d.config.metrics_address, scrape_tx).await?;
     let mut windows = ShareWindows::default();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -101,10 +108,11 @@ pub async fn run(config_path: PathBuf, config: Config, node: Node) -> Result<(),
         adopted_links = adopted,
         "sluice started"
     );
+    let mut reloads = Reloads::new(d.config_path.clone());
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
-    let mut watch = tokio::time::interval(WATCH_PERIOD);
+    let mut watch_tick = tokio::time::interval(WATCH_PERIOD);
     let mut share_sample = tokio::time::interval(SHARE_SAMPLE_PERIOD);
     let mut rollout_tick = tokio::time::interval(rollout::TICK);
     rollout_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -113,34 +121,39 @@ pub async fn run(config_path: PathBuf, config: Config, node: Node) -> Result<(),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
-                loaded_text = std::fs::read(&d.config_path).unwrap_or_default();
-                d.reload("SIGHUP");
+                watch.take(&d.config_path);
+                reloads.start("SIGHUP");
+            }
+            // Parsed off the loop: no file, however large or nested, holds up the guard.
+            Some((parsed, why)) = reloads.done() => {
+                d.reload(parsed, why);
+                reloads.finished();
             }
             _ = share_sample.tick() => match d.dp.share_counts() {
                 Ok(counts) => windows.record(&counts, std::time::Instant::now()),
                 Err(e) => tracing::warn!(error = %crate::error_chain(&e), "reading counters failed"),
             },
             _ = rollout_tick.tick() => d.rollout_tick(),
-            _ = watch.tick() => {
-                let text = std::fs::read(&d.config_path).unwrap_or_default();
-                if text != loaded_text {
-                    loaded_text = text;
-                    d.reload("file changed");
+            _ = watch_tick.tick() => {
+                if watch.poll(Seen::read(&d.config_path), std::time::Instant::now()) {
+                    reloads.start("file changed");
                 }
+                d.check_cgroup();
             }
             Some(scrape) = scrapes.recv() => match scrape {
                 Scrape::Metrics(reply) => {
                     let _ = reply.send(d.exposition(&windows));
                 }
                 Scrape::Ready(reply) => {
-                    let _ = reply.send(());
+                    let _ = reply.send(d.ready());
                 }
             },
             Some(call) = calls.recv() => {
-                let detach = call.request == Request::Detach;
                 let response = d.handle(call.request);
+                // Only a detach that happened ends the daemon; a refused one changes nothing.
+                let detached = matches!(response, Response::Detached { .. });
                 let _ = call.reply.send(response);
-                if detach {
+                if detached {
                     let _ = tokio::time::timeout(Duration::from_secs(2), call.written).await;
                     remove_socket(&d.config.api_socket);
                     return Ok(());
@@ -208,9 +221,46 @@ impl Daemon {
         }
     }
 
-    fn save(&self) {
-        if let Err(e) = self.rollouts.save() {
+    fn save(&mut self) {
+        let saved = self.rollouts.save();
+        self.health.saved(saved.is_ok());
+        if let Err(e) = saved {
             tracing::error!(error = %crate::error_chain(&e), "persisting the rollout state failed; a restart would resume from the last state written");
+        }
+    }
+
+    /// `/ready`: running, steering, and the cgroup it steers is there.
+    fn ready(&self) -> Result<(), String> {
+        match &self.health.cgroup_missing {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
+        }
+    }
+
+    /// Notices the attach cgroup deleted (and says so once), and attaches to it again when it
+    /// is made again.
+    fn check_cgroup(&mut self) {
+        let path = self.dp.cgroup().display().to_string();
+        match self.dp.check_cgroup() {
+            Ok(()) => {}
+            Err(CgroupChange::Missing) => {
+                if self.health.cgroup_missing.is_none() {
+                    tracing::error!(cgroup = %path, "the attach cgroup was deleted: nothing below it is steered until it is made again");
+                    self.health.cgroup_missing =
+                        Some(format!("the attach cgroup {path} was deleted"));
+                }
+            }
+            Err(CgroupChange::Reattached) => {
+                tracing::info!(cgroup = %path, "the attach cgroup was made again: the programs are attached to it");
+                self.health.cgroup_missing = None;
+            }
+            Err(CgroupChange::ReattachFailed(why)) => {
+                let reason = format!("attaching to the recreated cgroup {path} failed: {why}");
+                if self.health.cgroup_missing.as_deref() != Some(reason.as_str()) {
+                    tracing::error!(cgroup = %path, error = %why, "attaching to the recreated cgroup failed; retrying every second");
+                }
+                self.health.cgroup_missing = Some(reason);
+            }
         }
     }
 
@@ -221,7 +271,7 @@ impl Daemon {
             tracing::warn!(error = %reason, "reading counters for /metrics failed");
             reason
         })?;
-        metrics::encode(&samples, windows, &self.rollouts.statuses()).map_err(|e| {
+        metrics::encode(&samples, windows, &self.rollouts.statuses(), &self.health).map_err(|e| {
             tracing::error!(error = %e, "encoding metrics failed");
             format!("encoding metrics failed: {e}")
         })

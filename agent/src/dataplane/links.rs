@@ -18,7 +18,7 @@ use aya::{
 };
 use sluice_common::maps::programs;
 
-use super::DataplaneError;
+use super::{DataplaneError, detach::remove_tree};
 use crate::{cgroup, sys};
 
 /// Programs attached to the cgroup (all support `BPF_LINK_UPDATE`).
@@ -80,14 +80,85 @@ pub fn links_dir(pin_dir: &Path, cgroup_id: u64) -> PathBuf {
 }
 
 /// Attaches every program, or re-adopts the links an earlier agent pinned. Returns how many
-/// links were adopted. Links an earlier agent pinned for programs this one does not attach
-/// (`signals` switched) are removed, after the new ones are attached.
+/// links were adopted, and the id of the cgroup attached to. Links an earlier agent pinned
+/// for programs this one does not attach (`signals` switched) are removed, after the new
+/// ones are attached.
 pub fn attach_or_adopt(
     ebpf: &mut aya::Ebpf,
     pin_dir: &Path,
     cgroup_path: &Path,
     signals: bool,
-) -> Result<usize, DataplaneError> {
+) -> Result<(usize, u64), DataplaneError> {
+    let cgroup = attach_cgroup_programs(ebpf, pin_dir, cgroup_path, signals)?;
+    let mut adopted = cgroup.adopted;
+    let tracepoints = pin_dir.join("links").join("tracepoints");
+    if signals {
+        adopted += attach_tracepoints(ebpf, &tracepoints)?;
+    }
+    // Only now that what replaces them runs: with signals switched on, the destroy
+    // tracepoint must end the tags before the release program stops; switched off, the
+    // other way round. (A socket released while signals were on and destroyed after they
+    // went off keeps its tag until `sluice detach`.)
+    cgroup.drop_unwanted(signals);
+    if !signals {
+        remove_tree(&tracepoints);
+    }
+    drop_other_cgroups(pin_dir, &cgroup.dir);
+    Ok((adopted, cgroup.id))
+}
+
+/// The configured cgroup was deleted and made again: attaches the (already loaded) cgroup
+/// programs to the new one, and removes the links of the one that is gone. Returns its id.
+pub fn reattach_cgroup(
+    ebpf: &mut aya::Ebpf,
+    pin_dir: &Path,
+    cgroup_path: &Path,
+    signals: bool,
+) -> Result<u64, DataplaneError> {
+    let cgroup = attach_cgroup_programs(ebpf, pin_dir, cgroup_path, signals)?;
+    cgroup.drop_unwanted(signals);
+    drop_other_cgroups(pin_dir, &cgroup.dir);
+    Ok(cgroup.id)
+}
+
+/// Links pinned for another cgroup (the config's cgroup changed while we were down, or it
+/// was made again): the new ones are attached, so these can go.
+fn drop_other_cgroups(pin_dir: &Path, keep: &Path) {
+    for stale in other_link_dirs(pin_dir, keep) {
+        tracing::info!(dir = %stale.display(), "detaching links of a previously configured cgroup");
+        remove_tree(&stale);
+    }
+}
+
+/// The cgroup programs of one attachment: the cgroup's id, its links' directory, how many
+/// links were adopted, and the pins of programs this setting does not attach.
+struct CgroupLinks {
+    id: u64,
+    dir: PathBuf,
+    adopted: usize,
+    unwanted: Vec<(&'static str, PathBuf)>,
+}
+
+impl CgroupLinks {
+    fn drop_unwanted(&self, signals: bool) {
+        for (name, pin) in &self.unwanted {
+            if fs::remove_file(pin).is_ok() {
+                tracing::info!(
+                    program = name,
+                    signals,
+                    "detached (not used with this signals setting)"
+                );
+            }
+        }
+    }
+}
+
+fn attach_cgroup_programs(
+    ebpf: &mut aya::Ebpf,
+    pin_dir: &Path,
+    cgroup_path: &Path,
+    signals: bool,
+) -> Result<CgroupLinks, DataplaneError> {
     let cgroup_err = |source| DataplaneError::Cgroup {
         path: cgroup_path.to_owned(),
         source,
@@ -113,7 +184,10 @@ pub fn attach_or_adopt(
         macro_rules! load_adopt_or_attach {
             ($ty:ty, |$p:ident| $attach:expr) => {{
                 let $p: &mut $ty = program.try_into().map_err(prog_err)?;
-                $p.load().map_err(prog_err)?;
+                // Loaded already when a recreated cgroup is attached to again.
+                if $p.fd().is_err() {
+                    $p.load().map_err(prog_err)?;
+                }
                 if pin.exists() {
                     adopt(&pin, $p.fd().map_err(prog_err)?.as_fd())?;
                     None
@@ -138,33 +212,12 @@ pub fn attach_or_adopt(
             Some(link) => pin_link(link, &pin)?,
         }
     }
-    let tracepoints = pin_dir.join("links").join("tracepoints");
-    if signals {
-        adopted += attach_tracepoints(ebpf, &tracepoints)?;
-    }
-    // Only now that what replaces them runs: with signals switched on, the destroy
-    // tracepoint must end the tags before the release program stops; switched off, the
-    // other way round. (A socket released while signals were on and destroyed after they
-    // went off keeps its tag until `sluice detach`.)
-    for (name, pin) in unwanted {
-        if fs::remove_file(&pin).is_ok() {
-            tracing::info!(
-                program = name,
-                signals,
-                "detached (not used with this signals setting)"
-            );
-        }
-    }
-    if !signals {
-        remove_tree(&tracepoints);
-    }
-    // Links pinned for another cgroup (the config's cgroup changed while we were down):
-    // the new ones are attached, so these can go.
-    for stale in other_link_dirs(pin_dir, &dir) {
-        tracing::info!(dir = %stale.display(), "detaching links of a previously configured cgroup");
-        remove_tree(&stale);
-    }
-    Ok(adopted)
+    Ok(CgroupLinks {
+        id: cgroup_id,
+        dir,
+        adopted,
+        unwanted,
+    })
 }
 
 fn mkdir(dir: &Path) -> Result<(), DataplaneError> {
@@ -275,44 +328,4 @@ fn other_link_dirs(pin_dir: &Path, keep: &Path) -> Vec<PathBuf> {
                     .is_some_and(|f| f.to_string_lossy().starts_with("cg"))
         })
         .collect()
-}
-
-/// Removes every pin under `pin_root` (all ABI versions): links first, so steering stops,
-/// then maps. Returns the paths removed.
-pub fn detach_pins(pin_root: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut removed = Vec::new();
-    if !pin_root.exists() {
-        return Ok(removed);
-    }
-    for abi in fs::read_dir(pin_root)?.flatten().map(|e| e.path()) {
-        for sub in ["links", "maps"] {
-            let dir = abi.join(sub);
-            if dir.exists() {
-                removed.extend(remove_tree(&dir));
-            }
-        }
-        if fs::remove_dir(&abi).is_ok() {
-            removed.push(abi);
-        }
-    }
-    fs::remove_dir(pin_root)?;
-    removed.push(pin_root.to_owned());
-    Ok(removed)
-}
-
-/// Removes files and then directories below and including `dir`, returning what went.
-fn remove_tree(dir: &Path) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
-    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            removed.extend(remove_tree(&p));
-        } else if fs::remove_file(&p).is_ok() {
-            removed.push(p);
-        }
-    }
-    if fs::remove_dir(dir).is_ok() {
-        removed.push(dir.to_owned());
-    }
-    removed
 }

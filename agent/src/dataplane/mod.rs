@@ -3,6 +3,7 @@
 
 mod apply;
 mod btf;
+mod detach;
 mod links;
 mod maps;
 mod read;
@@ -11,7 +12,8 @@ mod weight;
 use std::path::{Path, PathBuf};
 
 pub use apply::ApplyReport;
-pub use links::{detach_pins, links_dir};
+pub use detach::{DetachError, detach_pins};
+pub use links::links_dir;
 pub use maps::Maps;
 
 use crate::{
@@ -131,6 +133,19 @@ pub struct Dataplane {
     signals: bool,
     /// The desired state last applied, by service name.
     applied: Vec<(DesiredService, u32)>,
+    /// The id of the cgroup the programs are attached to, once they are.
+    cgroup_id: Option<u64>,
+}
+
+/// What [`Dataplane::check_cgroup`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CgroupChange {
+    /// The cgroup is gone: nothing below its path is steered.
+    Missing,
+    /// It was made again, and the programs are attached to it now.
+    Reattached,
+    /// It was made again, and attaching to it failed (why).
+    ReattachFailed(String),
 }
 
 impl Dataplane {
@@ -146,13 +161,45 @@ impl Dataplane {
             cgroup: node.cgroup.clone(),
             signals: config.signals,
             applied: Vec::new(),
+            cgroup_id: None,
         })
     }
 
     /// Attaches every program to the configured cgroup, or swaps the new programs into links
     /// pinned by an earlier agent. Returns how many links were adopted.
     pub fn attach(&mut self) -> Result<usize, DataplaneError> {
-        links::attach_or_adopt(&mut self.ebpf, &self.pin_dir, &self.cgroup, self.signals)
+        let (adopted, id) =
+            links::attach_or_adopt(&mut self.ebpf, &self.pin_dir, &self.cgroup, self.signals)?;
+        self.cgroup_id = Some(id);
+        Ok(adopted)
+    }
+
+    /// Whether the cgroup the programs are attached to is still the configured one: `Ok`
+    /// while it is, `Err` saying what happened when it was deleted, and made again (then the
+    /// programs are attached to the new one) or not yet.
+    pub fn check_cgroup(&mut self) -> Result<(), CgroupChange> {
+        let Some(attached) = self.cgroup_id else {
+            return Ok(());
+        };
+        match crate::cgroup::cgroup_id(&self.cgroup) {
+            Ok(id) if id == attached => Ok(()),
+            Ok(_) => {
+                let result = links::reattach_cgroup(
+                    &mut self.ebpf,
+                    &self.pin_dir,
+                    &self.cgroup,
+                    self.signals,
+                );
+                match result {
+                    Ok(id) => {
+                        self.cgroup_id = Some(id);
+                        Err(CgroupChange::Reattached)
+                    }
+                    Err(e) => Err(CgroupChange::ReattachFailed(crate::error_chain(&e))),
+                }
+            }
+            Err(_) => Err(CgroupChange::Missing),
+        }
     }
 
     /// Makes the maps hold `desired`: all or nothing (see `apply`). A service's forced share

@@ -19,13 +19,14 @@ use super::{
     families::{Families, VERSIONS, VersionLabels, pair},
     rollout::rollout_series,
 };
-use crate::view::{RolloutStatus, ServiceSample};
+use crate::view::{AgentHealth, ReloadResult, RolloutStatus, ServiceSample};
 
 /// The whole exposition.
 pub fn encode(
     samples: &[ServiceSample],
     windows: &ShareWindows,
     rollouts: &[(String, RolloutStatus)],
+    health: &AgentHealth,
 ) -> Result<String, prometheus::Error> {
     let mut f = Families::default();
     let info = vec![pair("version", env!("CARGO_PKG_VERSION"))];
@@ -35,6 +36,7 @@ pub fn encode(
         info,
         1.0,
     );
+    health_series(&mut f, health);
     for s in samples {
         service_series(&mut f, s, windows);
         for (v, name) in VERSIONS.iter().enumerate() {
@@ -258,5 +260,31 @@ fn http_series(f: &mut Families, m: &[u64], l: &VersionLabels<'_>) {
         "First request byte sent to first response byte received (cgroup_skb).",
         l.pairs(&[]),
         &m[HIST_TTFB as usize..],
+    );
+}
+
+/// The agent's own health: reloads, state saves, the attach cgroup.
+fn health_series(f: &mut Families, h: &AgentHealth) {
+    for result in ReloadResult::ALL {
+        f.counter(
+            "sluice_config_reloads_total",
+            "Configuration reloads by result: applied, rejected (invalid), needs_restart, failed (the kernel refused).",
+            vec![pair("result", result.name())],
+            h.reloads[result as usize],
+        );
+    }
+    for (i, result) in ["ok", "failed"].iter().enumerate() {
+        f.counter(
+            "sluice_state_saves_total",
+            "Writes of the rollout state file by result.",
+            vec![pair("result", result)],
+            h.state_saves[i],
+        );
+    }
+    f.gauge(
+        "sluice_cgroup_attached",
+        "1 while the programs are attached to the configured cgroup, 0 while it is missing.",
+        Vec::new(),
+        if h.cgroup_missing.is_some() { 0.0 } else { 1.0 },
     );
 }

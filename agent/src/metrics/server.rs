@@ -1,20 +1,23 @@
 //! A deliberately small HTTP/1.1 server: GET /metrics, /ready, /live, one request per
 //! connection. Enough for Prometheus and kubelet probes, nothing to configure.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
-    sync::{mpsc, oneshot},
+    sync::{Semaphore, mpsc, oneshot},
 };
+
+use crate::limits::{Backoff, CONNECTIONS, IO_TIMEOUT};
 
 /// What the server asks the daemon loop (which owns the maps).
 pub enum Scrape {
     /// The exposition, or why it cannot be had (answered 503 with that reason).
     Metrics(oneshot::Sender<Result<String, String>>),
-    /// Answered by the loop itself: it is running, programs attached, config applied.
-    Ready(oneshot::Sender<()>),
+    /// Answered by the loop itself: it is running, programs attached, config applied; or
+    /// why it is not ready (answered 503 with that reason).
+    Ready(oneshot::Sender<Result<(), String>>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,13 +40,24 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .map_err(|source| ServeError { address, source })?;
+    let slots = Arc::new(Semaphore::new(CONNECTIONS));
     tokio::spawn(async move {
+        let mut backoff = Backoff::new("metrics");
         loop {
+            // A connection beyond the limit waits in the listen queue until one ends.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(handle(stream, scrapes.clone()));
+                    backoff.reset();
+                    let scrapes = scrapes.clone();
+                    tokio::spawn(async move {
+                        handle(stream, scrapes).await;
+                        drop(slot);
+                    });
                 }
-                Err(e) => tracing::warn!(error = %e, "accepting a metrics connection failed"),
+                Err(e) => backoff.failed(&e).await,
             }
         }
     });
@@ -52,7 +66,7 @@ pub async fn serve(
 
 async fn handle(mut stream: TcpStream, scrapes: mpsc::Sender<Scrape>) {
     let mut head = Vec::with_capacity(1024);
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
+    let read = tokio::time::timeout(IO_TIMEOUT, async {
         let mut buf = [0u8; 1024];
         while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
             let n = stream.read(&mut buf).await?;
@@ -93,7 +107,12 @@ async fn handle(mut stream: TcpStream, scrapes: mpsc::Sender<Scrape>) {
         (b"GET", b"/ready") => {
             let (tx, rx) = oneshot::channel();
             match ask(&scrapes, Scrape::Ready(tx), rx).await {
-                Some(()) => ("200 OK", "text/plain", "ready\n".into()),
+                Some(Ok(())) => ("200 OK", "text/plain", "ready\n".into()),
+                Some(Err(reason)) => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    format!("{reason}\n"),
+                ),
                 None => (
                     "503 Service Unavailable",
                     "text/plain",
@@ -113,8 +132,12 @@ async fn handle(mut stream: TcpStream, scrapes: mpsc::Sender<Scrape>) {
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    // A scraper that stops reading gives up its connection after the timeout.
+    let _ = tokio::time::timeout(IO_TIMEOUT, async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// Sends a scrape to the daemon loop and waits up to 5 s for its answer.
@@ -159,7 +182,7 @@ mod tests {
                         let _ = reply.send(Err(reason.to_owned()));
                     }
                     Scrape::Ready(reply) => {
-                        let _ = reply.send(());
+                        let _ = reply.send(Ok(()));
                     }
                 }
             }

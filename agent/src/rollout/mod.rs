@@ -28,7 +28,7 @@ use std::time::Duration;
 
 pub use clock::{Clock, Moment, SystemClock};
 pub use controller::{CommandError, Controller};
-pub use state::StateError;
+pub use state::{StateError, state_file_is_ours};
 
 /// How often guards run (and counters are read for them).
 pub const TICK: Duration = Duration::from_millis(250);

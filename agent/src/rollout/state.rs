@@ -65,9 +65,12 @@ pub enum StateError {
     },
 }
 
-/// Reads the state file; a missing one is an empty state.
+/// Largest state file read: 20 decisions of 16 384 rollouts fit well under this.
+const MAX_STATE_BYTES: u64 = 64 << 20;
+
+/// Reads the state file (a regular file of bounded size); a missing one is an empty state.
 pub fn load(path: &Path) -> Result<StateFile, StateError> {
-    let text = match std::fs::read(path) {
+    let text = match crate::config::read_regular_file(path, MAX_STATE_BYTES) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(StateFile::default()),
         Err(source) => {
@@ -90,7 +93,22 @@ pub fn load(path: &Path) -> Result<StateFile, StateError> {
     Ok(file)
 }
 
-/// Writes the state file atomically: a crash leaves the old file or the new one.
+/// Whether `path` holds a sluice rollout state (so `sluice detach` may remove it): `Ok(false)`
+/// when there is no file, `Err` saying why when there is one that is not ours.
+pub fn state_file_is_ours(path: &Path) -> Result<bool, String> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e.to_string()),
+        Ok(m) if !m.is_file() => return Err("not a regular file".into()),
+        Ok(_) => {}
+    }
+    load(path).map(|_| true).map_err(|e| crate::error_chain(&e))
+}
+
+/// Writes the state file atomically: a crash leaves the old file or the new one. The
+/// temporary is a new file of a name nobody else uses (created exclusively, so a planted
+/// file or symlink is never followed), in the same directory, and is removed if any step
+/// fails.
 pub fn save(path: &Path, rollouts: &BTreeMap<String, RolloutState>) -> Result<(), StateError> {
     let err = |source| StateError::Write {
         path: path.to_owned(),
@@ -101,18 +119,109 @@ pub fn save(path: &Path, rollouts: &BTreeMap<String, RolloutState>) -> Result<()
         rollouts: rollouts.clone(),
     };
     let text = serde_json::to_vec_pretty(&file).map_err(|e| err(std::io::Error::other(e)))?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let (tmp, mut f) = temporary_beside(path).map_err(err)?;
+    let written = f
+        .write_all(&text)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
     }
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(&text).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = std::fs::File::open(dir)
-    {
+    if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// A new, exclusively created file beside `path`: `.NAME.PID.N.tmp`.
+fn temporary_beside(path: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    loop {
+        let tmp = dir.join(format!(
+            ".{name}.{}.{}.tmp",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            // Someone made that name (a planted file, a symlink): take the next one.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sluice-state-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    #[test]
+    fn a_planted_temporary_is_never_followed_and_nothing_is_left_behind() {
+        let dir = scratch("planted");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "do not touch").expect("victim");
+        let path = dir.join("rollouts.json");
+        // Symlinks at the old fixed temporary name and at the first names this process
+        // would pick.
+        let mut planted = vec![dir.join("rollouts.json.tmp")];
+        planted.extend(
+            (0..4).map(|n| dir.join(format!(".rollouts.json.{}.{n}.tmp", std::process::id()))),
+        );
+        for p in &planted {
+            std::os::unix::fs::symlink(&victim, p).expect("symlink");
+        }
+        save(&path, &BTreeMap::new()).expect("save");
+        save(&path, &BTreeMap::new()).expect("save again");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("victim"),
+            "do not touch"
+        );
+        assert!(load(&path).expect("load").rollouts.is_empty());
+        let mut expected: Vec<PathBuf> = planted.clone();
+        expected.extend([victim.clone(), path.clone()]);
+        expected.sort();
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        found.sort();
+        assert_eq!(
+            found, expected,
+            "the temporaries are gone, the planted links stay"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_a_sluice_state_file_is_ours() {
+        let dir = scratch("ours");
+        let state = dir.join("rollouts.json");
+        assert_eq!(state_file_is_ours(&state), Ok(false));
+        save(&state, &BTreeMap::new()).expect("save");
+        assert_eq!(state_file_is_ours(&state), Ok(true));
+        let other = dir.join("notes.txt");
+        std::fs::write(&other, "an operator's file").expect("write");
+        assert!(state_file_is_ours(&other).is_err());
+        assert!(state_file_is_ours(&dir).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -3,9 +3,11 @@
 //! Plain data, no behaviour: the dataplane, the rollout controller, the exporter, the API and
 //! the CLI all import these and none of them imports another for its types.
 
+mod health;
 mod rollout;
 mod service;
 
+pub use health::{AgentHealth, ReloadResult};
 pub use rollout::{
     Action, Check, CheckResult, Decision, Phase, RolloutStatus, Unit, Verdict, VersionLive,
     fmt_duration,

@@ -29,6 +29,8 @@ pub struct Agent {
     pub socket: String,
     pub pid: u32,
     signals: bool,
+    /// Free when the agent was made, inside the bench's namespace.
+    metrics_port: u16,
 }
 
 fn service(
@@ -66,6 +68,7 @@ impl Agent {
             socket,
             pid: 0,
             signals,
+            metrics_port: sluice_tests::unused_port("127.0.0.1"),
         };
         a.write_config(&pins, &state, 1)?;
         let log = std::fs::File::create(env.dir.join(format!("{name}.log")))?;
@@ -98,7 +101,7 @@ impl Agent {
             .pin_path(Path::new(pins))
             .api_socket(Path::new(&self.socket))
             .state_path(state)
-            .metrics_address("127.0.0.1:0")
+            .metrics_address(&format!("127.0.0.1:{}", self.metrics_port))
             .signals(self.signals)
             .service(service(
                 "conn",

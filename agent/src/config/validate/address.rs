@@ -46,10 +46,22 @@ pub(super) fn socket_addr(key: &str, raw: &str) -> Result<SocketAddr, ConfigErro
             format!("{raw:?}: port 0 is not a port"),
         ));
     }
-    if addr.ip().is_unspecified() || addr.ip().is_multicast() {
+    let broadcast = matches!(addr.ip(), IpAddr::V4(v4) if v4.is_broadcast());
+    if addr.ip().is_unspecified() || addr.ip().is_multicast() || broadcast {
         return Err(ConfigError::invalid(
             key,
             format!("{raw:?}: not a unicast address"),
+        ));
+    }
+    if let IpAddr::V6(v6) = addr.ip()
+        && v6.is_unicast_link_local()
+    {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "{raw:?}: an IPv6 link-local address means something only with a scope (an \
+                 interface), and scoped addresses are not supported"
+            ),
         ));
     }
     if let SocketAddr::V6(v6) = addr

@@ -1,0 +1,403 @@
+//! The daemon against odd hosts and clumsy or hostile input: files written in place, empty
+//! files, its cgroup deleted and made again, a full disk under its state, idle and oversized
+//! clients, and running out of file descriptors. Each asserts what clients saw, not only what
+//! sluice says. Needs root.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    os::unix::net::UnixStream,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use sluice_tests::{
+    Agent, Backend, TestCgroup, http::Scraped, probe, root_or_skip, tag, unused_port,
+};
+
+fn vip(ip: &str) -> SocketAddr {
+    format!("{ip}:{}", unused_port(ip)).parse().expect("vip")
+}
+
+fn service(
+    name: &str,
+    vip: SocketAddr,
+    stable: &Backend,
+    canary: &Backend,
+    percent: u32,
+) -> String {
+    format!(
+        "  - name: {name}\n    virtual_addresses: [\"{vip}\"]\n    canary_percent: {percent}\n    \
+         stable: [{{address: \"{}\"}}]\n    canary: [{{address: \"{}\"}}]\n",
+        stable.addr, canary.addr
+    )
+}
+
+/// `GET path` on the agent's metrics server: (status code, body).
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn a_file_written_in_place_is_taken_only_once_it_is_whole_and_has_settled() {
+    if !root_or_skip("a_file_written_in_place_is_taken_only_once_it_is_whole_and_has_settled") {
+        return;
+    }
+    let t = tag("in-place");
+    let cg = TestCgroup::new(&t);
+    let (stable, canary) = (
+        Backend::start("127.0.0.1", "stable"),
+        Backend::start("127.0.0.1", "canary"),
+    );
+    let (web, api) = (vip("127.77.10.1"), vip("127.77.10.2"));
+    let both = service("web", web, &stable, &canary, 0) + &service("api", api, &stable, &canary, 0);
+    let agent = Agent::start(&t, &cg, &both);
+    let whole = agent.config_text(&cg, &both);
+    // Half the file, in place (same inode), as an editor or `cp` over it writes it: it parses
+    // (only `web` is left), and it stays so for 2.5 s.
+    let half = agent.config_text(&cg, &service("web", web, &stable, &canary, 0));
+    std::fs::write(&agent.config_path, &half).expect("write in place");
+    std::thread::sleep(Duration::from_millis(2_500));
+    let r = probe(Some(&cg), api, 50);
+    assert_eq!(r.from("stable"), 50, "the half file was not applied: {r:?}");
+    // The rest arrives: back to the whole file, which is what is in force anyway.
+    std::fs::write(&agent.config_path, &whole).expect("write in place");
+    std::thread::sleep(Duration::from_millis(4_500));
+    assert_eq!(
+        count(&agent.log(), "configuration applied"),
+        0,
+        "{}",
+        agent.log()
+    );
+
+    // A whole new version written in place is taken once it has stood still for the settle
+    // time (3 s, on a 1 s poll).
+    let shifted =
+        service("web", web, &stable, &canary, 0) + &service("api", api, &stable, &canary, 100);
+    std::fs::write(&agent.config_path, agent.config_text(&cg, &shifted)).expect("write in place");
+    let started = Instant::now();
+    agent.wait_log("configuration applied", 1, Duration::from_secs(8));
+    assert!(
+        started.elapsed() >= Duration::from_millis(2_500),
+        "{:?}",
+        started.elapsed()
+    );
+    let r = probe(Some(&cg), api, 50);
+    assert_eq!(r.from("canary"), 50, "{r:?}");
+
+    // An empty file (atomically replaced) is no configuration: nothing changes.
+    agent.write_raw_config("");
+    agent.wait_log("configuration rejected", 1, Duration::from_secs(5));
+    assert!(agent.log().contains("services: missing"), "{}", agent.log());
+    let r = probe(Some(&cg), web, 50);
+    assert_eq!(r.total(), 50, "{r:?}");
+    let (m, metrics) = Scraped::fetch(agent.metrics_addr());
+    assert_eq!(
+        m.get("sluice_config_reloads_total", &[("result", "applied")]),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        m.get("sluice_config_reloads_total", &[("result", "rejected")]),
+        1
+    );
+}
+
+#[test]
+fn the_attach_cgroup_deleted_is_reported_and_made_again_is_steered_again() {
+    if !root_or_skip("the_attach_cgroup_deleted_is_reported_and_made_again_is_steered_again") {
+        return;
+    }
+    let t = tag("cgroup-gone");
+    let cg = TestCgroup::new(&t);
+    let (stable, canary) = (
+        Backend::start("127.0.0.1", "stable"),
+        Backend::start("127.0.0.1", "canary"),
+    );
+    let web = vip("127.77.10.3");
+    let agent = Agent::start(&t, &cg, &service("web", web, &stable, &canary, 100));
+    assert_eq!(probe(Some(&cg), web, 20).from("canary"), 20);
+    let metrics = agent.metrics_addr();
+    assert_eq!(get(metrics, "/ready").0, 200);
+
+    std::fs::remove_dir(cg.path()).expect("rmdir the cgroup");
+    agent.wait_log("the attach cgroup was deleted", 1, Duration::from_secs(5));
+    let (code, body) = get(metrics, "/ready");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("was deleted"), "{body}");
+    let m = Scraped::fetch(metrics).0;
+    assert_eq!(m.get("sluice_cgroup_attached", &[]), 0);
+
+    std::fs::create_dir(cg.path()).expect("mkdir the cgroup again");
+    agent.wait_log(
+        "the attach cgroup was made again",
+        1,
+        Duration::from_secs(5),
+    );
+    assert_eq!(get(metrics, "/ready").0, 200);
+    let r = probe(Some(&cg), web, 20);
+    assert_eq!(r.from("canary"), 20, "steered again: {r:?}");
+    assert_eq!(
+        Scraped::fetch(metrics).0.get("sluice_cgroup_attached", &[]),
+        1
+    );
+    assert_eq!(
+        Agent::attached(cg.path()).len(),
+        sluice_tests::CGROUP_PROGRAMS,
+        "every program on the new cgroup"
+    );
+    // Only the new cgroup's links are pinned.
+    let links = std::fs::read_dir(agent.maps_dir().parent().expect("abi dir").join("links"))
+        .expect("links")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("cg"))
+        })
+        .count();
+    assert_eq!(links, 1);
+}
+
+#[test]
+fn a_failed_state_save_is_counted_and_leaves_no_temporary() {
+    if !root_or_skip("a_failed_state_save_is_counted_and_leaves_no_temporary") {
+        return;
+    }
+    let t = tag("state-full");
+    let cg = TestCgroup::new(&t);
+    let (stable, canary) = (
+        Backend::start("127.0.0.1", "stable"),
+        Backend::start("127.0.0.1", "canary"),
+    );
+    let web = vip("127.77.10.4");
+    let rollout = format!(
+        "  - name: web\n    virtual_addresses: [\"{web}\"]\n    l7: http1\n    \
+         stable: [{{address: \"{}\"}}]\n    canary: [{{address: \"{}\"}}]\n    \
+         rollout: {{steps: [10, 50], interval: 1h}}\n",
+        stable.addr, canary.addr
+    );
+    let mut agent = Agent::prepare(&t, &cg, &rollout);
+    // A 64 KiB tmpfs, full: the state cannot be written there.
+    let full = agent.dir().join("full");
+    std::fs::create_dir_all(&full).expect("mkdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&full)
+        .status()
+        .expect("mount");
+    assert!(mounted.success());
+    let filler = full.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 256 * 1024]);
+    let state = full.join("rollouts.json");
+    let text = agent.config_text(&cg, &rollout).replace(
+        &format!("state_path: {}", agent.state_path.display()),
+        &format!("state_path: {}", state.display()),
+    );
+    agent.write_raw_config(&text);
+    agent.spawn();
+    agent.wait_log(
+        "persisting the rollout state failed",
+        1,
+        Duration::from_secs(5),
+    );
+    let m = Scraped::fetch(agent.metrics_addr()).0;
+    assert!(m.get("sluice_state_saves_total", &[("result", "failed")]) >= 1);
+    let left: Vec<String> = std::fs::read_dir(&full)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        vec!["filler".to_owned()],
+        "no temporary, no half state file"
+    );
+    agent.kill9();
+    let _ = Command::new("umount").arg(&full).status();
+}
+
+#[test]
+fn idle_and_oversized_clients_cannot_hold_the_servers() {
+    if !root_or_skip("idle_and_oversized_clients_cannot_hold_the_servers") {
+        return;
+    }
+    let t = tag("clients");
+    let cg = TestCgroup::new(&t);
+    let (stable, canary) = (
+        Backend::start("127.0.0.1", "stable"),
+        Backend::start("127.0.0.1", "canary"),
+    );
+    let web = vip("127.77.10.5");
+    let agent = Agent::start(&t, &cg, &service("web", web, &stable, &canary, 0));
+    let metrics = agent.metrics_addr();
+    // 300 scrapers that connect and say nothing.
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(metrics).expect("connect"))
+        .collect();
+    let started = Instant::now();
+    let (ok, out, err) = agent.sluice(&["status", "--output", "json"]);
+    assert!(ok, "{out} {err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // A real scrape gets its turn once the idle ones time out (5 s each, 64 at a time).
+    let started = Instant::now();
+    assert_eq!(get(metrics, "/metrics").0, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(idle);
+    // A request line of 1 MiB on the control socket is refused after 64 KiB.
+    let mut s = UnixStream::connect(&agent.socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let _ = s.write_all(&vec![b'x'; 1 << 20]);
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(
+        answer.contains("a request has at most 65536 bytes"),
+        "{answer:?}"
+    );
+    assert!(agent.sluice(&["status"]).0);
+}
+
+#[test]
+fn out_of_file_descriptors_the_servers_back_off_and_recover() {
+    if !root_or_skip("out_of_file_descriptors_the_servers_back_off_and_recover") {
+        return;
+    }
+    let t = tag("emfile");
+    let cg = TestCgroup::new(&t);
+    let (stable, canary) = (
+        Backend::start("127.0.0.1", "stable"),
+        Backend::start("127.0.0.1", "canary"),
+    );
+    let web = vip("127.77.10.6");
+    let agent = Agent::start(&t, &cg, &service("web", web, &stable, &canary, 0));
+    let metrics = agent.metrics_addr();
+    let open_fds = std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
+        .expect("fds")
+        .count();
+    // The soft limit only: raising a hard limit again would need CAP_SYS_RESOURCE.
+    let soft = |limit: &str| {
+        let set = Command::new("prlimit")
+            .arg(format!("--pid={}", agent.pid()))
+            .arg(format!("--nofile={limit}:"))
+            .status()
+            .expect("prlimit");
+        assert!(set.success(), "prlimit --nofile={limit}:");
+    };
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", agent.pid())).expect("limits");
+    let original = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .expect("the soft limit")
+        .to_owned();
+    soft(&(open_fds + 8).to_string());
+    let lines_before = agent.log().lines().count();
+    // Far more connections than descriptors left: accepting fails with EMFILE.
+    let held: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(metrics).ok())
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let log = agent.log();
+    assert_eq!(
+        count(&log, "accepting connections fails"),
+        1,
+        "one line a burst:\n{log}"
+    );
+    assert!(
+        log.lines().count() - lines_before < 10,
+        "no log storm: {} lines",
+        log.lines().count() - lines_before
+    );
+    drop(held);
+    soft(&original);
+    // The backlog drains; then a scrape is answered and the recovery is said once.
+    let end = Instant::now() + Duration::from_secs(20);
+    while count(&agent.log(), "accepting connections works again") == 0 && Instant::now() < end {
+        let _ = TcpStream::connect(metrics);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        count(&agent.log(), "accepting connections works again"),
+        1,
+        "{}",
+        agent.log()
+    );
+    assert_eq!(get(metrics, "/metrics").0, 200);
+    assert!(agent.sluice(&["status"]).0);
+}
+
+#[test]
+fn a_device_a_fifo_or_a_huge_file_as_the_config_is_refused_without_stalling() {
+    if !root_or_skip("a_device_a_fifo_or_a_huge_file_as_the_config_is_refused_without_stalling") {
+        return;
+    }
+    let t = tag("odd-config");
+    let cg = TestCgroup::new(&t);
+    let (stable, canary) = (
+        Backend::start("127.0.0.1", "stable"),
+        Backend::start("127.0.0.1", "canary"),
+    );
+    let web = vip("127.77.10.7");
+    let agent = Agent::start(&t, &cg, &service("web", web, &stable, &canary, 0));
+    let metrics = agent.metrics_addr();
+    let fifo = agent.dir().join("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let huge = agent.dir().join("huge.yaml");
+    std::fs::write(&huge, vec![b'#'; 36 << 20]).expect("write");
+    let nested = agent.dir().join("nested.yaml");
+    std::fs::write(&nested, "services: ".to_owned() + &"[".repeat(30_000)).expect("write");
+    for (i, target) in [Path::new("/dev/zero"), &fifo, &huge, &nested]
+        .iter()
+        .enumerate()
+    {
+        // The config path becomes a symlink to it, as a ConfigMap's file is.
+        let _ = std::fs::remove_file(&agent.config_path);
+        std::os::unix::fs::symlink(target, &agent.config_path).expect("symlink");
+        agent.signal(libc::SIGHUP);
+        let started = Instant::now();
+        agent.wait_log("configuration rejected", i + 1, Duration::from_secs(5));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{target:?}: {:?}",
+            started.elapsed()
+        );
+        // The loop answers at once meanwhile.
+        let started = Instant::now();
+        assert_eq!(get(metrics, "/live").0, 200);
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+    let log = agent.log();
+    for why in ["not a regular file", "at most", "nested more than"] {
+        assert!(log.contains(why), "{why}:\n{log}");
+    }
+    let r = probe(Some(&cg), web, 20);
+    assert_eq!(r.from("stable"), 20, "steering as before: {r:?}");
+}
