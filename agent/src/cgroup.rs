@@ -51,9 +51,10 @@ fn unescape_octal(s: &str) -> String {
     out
 }
 
-/// Whether `path` is a cgroup v2 directory (only those carry `cgroup.controllers`).
+/// Whether `path` is a cgroup v2 directory: on a cgroup2 filesystem, and holding
+/// `cgroup.controllers` (which only cgroup directories do).
 pub fn is_cgroup2_dir(path: &Path) -> bool {
-    path.join("cgroup.controllers").is_file()
+    crate::sys::is_cgroup2(path).unwrap_or(false) && path.join("cgroup.controllers").is_file()
 }
 
 /// The cgroup v2 id of a cgroup directory: its inode number (kernfs node id), the value

@@ -13,6 +13,8 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 /// `BPF_FS_MAGIC` from linux/magic.h.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// `CGROUP2_SUPER_MAGIC` from linux/magic.h.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 3]) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a zero-initialised buffer at least as large as the union member the
@@ -59,13 +61,23 @@ pub fn link_update(link: BorrowedFd<'_>, new_prog: BorrowedFd<'_>) -> io::Result
 
 /// Whether `path` is on a bpf filesystem.
 pub fn is_bpffs(path: &Path) -> io::Result<bool> {
+    Ok(fs_type(path)? == BPF_FS_MAGIC)
+}
+
+/// Whether `path` is on a cgroup v2 filesystem.
+pub fn is_cgroup2(path: &Path) -> io::Result<bool> {
+    Ok(fs_type(path)? == CGROUP2_SUPER_MAGIC)
+}
+
+/// The magic number of the filesystem `path` is on (statfs `f_type`).
+fn fs_type(path: &Path) -> io::Result<i64> {
     let path = cpath(path)?;
     // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+    Ok(st.f_type as i64)
 }
 
 /// `mount -t bpf bpf PATH`.

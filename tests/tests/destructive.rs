@@ -199,3 +199,50 @@ fn an_api_socket_path_holding_a_file_is_refused_before_the_kernel_is_touched() {
         "nothing was attached"
     );
 }
+
+#[test]
+fn an_unbindable_metrics_address_or_a_fake_cgroup_is_refused_before_the_kernel_is_touched() {
+    if !root_or_skip(
+        "an_unbindable_metrics_address_or_a_fake_cgroup_is_refused_before_the_kernel_is_touched",
+    ) {
+        return;
+    }
+    let t = tag("unbindable");
+    let cg = TestCgroup::new(&t);
+    let stable = Backend::start("127.0.0.1", "stable");
+    let vip = format!("127.77.9.3:{}", unused_port("127.77.9.3"))
+        .parse()
+        .expect("vip");
+    let agent = Agent::prepare(&t, &cg, &one_service(vip, &stable));
+    // TEST-NET-1: an address no host of ours has, so binding it fails (nothing is sent).
+    let text = agent.config_text(&cg, &one_service(vip, &stable)).replace(
+        &format!("metrics_address: 127.0.0.1:{}", agent.metrics_port),
+        "metrics_address: 192.0.2.1:19464",
+    );
+    agent.write_raw_config(&text);
+    let (status, log) = agent.run_expecting_refusal();
+    assert_eq!(status.code(), Some(70), "{log}");
+    assert!(log.contains("cannot listen on 192.0.2.1:19464"), "{log}");
+    assert!(!agent.pin_path.exists(), "no pins were made");
+    assert!(
+        Agent::attached(cg.path()).is_empty(),
+        "nothing was attached"
+    );
+
+    // A directory that holds a file named cgroup.controllers is not a cgroup.
+    let fake = agent.dir().join("fake-cgroup");
+    std::fs::create_dir_all(&fake).expect("mkdir");
+    std::fs::write(fake.join("cgroup.controllers"), "").expect("write");
+    let text = agent.config_text(&cg, &one_service(vip, &stable)).replace(
+        &format!("cgroup: {}", cg.path().display()),
+        &format!("cgroup: {}", fake.display()),
+    );
+    agent.write_raw_config(&text);
+    let (status, log) = agent.run_expecting_refusal();
+    assert_eq!(status.code(), Some(64), "{log}");
+    assert!(
+        log.contains("outside the cgroup2 mount") || log.contains("not an existing cgroup v2"),
+        "{log}"
+    );
+    assert!(!agent.pin_path.exists());
+}

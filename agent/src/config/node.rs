@@ -42,15 +42,20 @@ impl Node {
 pub fn bind(config: &Config) -> Result<Node, ConfigError> {
     let cgroup2 =
         cgroup::cgroup2_mount().map_err(|e| ConfigError::invalid("cgroup", e.to_string()))?;
-    bind_under(config, &cgroup2)
+    bind_under(config, &cgroup2, &cgroup::is_cgroup2_dir)
 }
 
-/// Binds `config` to the cgroup2 tree mounted at `cgroup2`: every cgroup it names must be an
-/// existing cgroup v2 directory below it.
-pub fn bind_under(config: &Config, cgroup2: &Path) -> Result<Node, ConfigError> {
+/// Binds `config` to the cgroup2 tree mounted at `cgroup2`: every cgroup it names must be a
+/// directory below it that `is_cgroup` accepts (on a node, [`cgroup::is_cgroup2_dir`]).
+pub fn bind_under(
+    config: &Config,
+    cgroup2: &Path,
+    is_cgroup: &dyn Fn(&Path) -> bool,
+) -> Result<Node, ConfigError> {
+    let resolve = |key: &str, p: &Path| resolve(key, p, cgroup2, is_cgroup);
     let cgroup = match &config.cgroup {
         None => cgroup2.to_owned(),
-        Some(p) => resolve("cgroup", p, cgroup2)?,
+        Some(p) => resolve("cgroup", p)?,
     };
     let mut segments = BTreeMap::new();
     for (i, s) in config.services.iter().enumerate() {
@@ -60,7 +65,7 @@ pub fn bind_under(config: &Config, cgroup2: &Path) -> Result<Node, ConfigError> 
             .enumerate()
             .map(|(j, p)| {
                 let key = format!("services[{i}].segment[{j}]");
-                let path = resolve(&key, p, cgroup2)?;
+                let path = resolve(&key, p)?;
                 let cgroup_id = cgroup::cgroup_id(&path)
                     .map_err(|e| ConfigError::invalid(&key, format!("cannot stat: {e}")))?;
                 Ok(SegmentMember { path, cgroup_id })
@@ -76,7 +81,12 @@ pub fn bind_under(config: &Config, cgroup2: &Path) -> Result<Node, ConfigError> 
 }
 
 /// A cgroup given as an absolute path or relative to the cgroup2 mount; it must exist.
-fn resolve(key: &str, p: &Path, cgroup2: &Path) -> Result<PathBuf, ConfigError> {
+fn resolve(
+    key: &str,
+    p: &Path,
+    cgroup2: &Path,
+    is_cgroup: &dyn Fn(&Path) -> bool,
+) -> Result<PathBuf, ConfigError> {
     let path = if p.is_absolute() {
         p.to_owned()
     } else {
@@ -92,7 +102,7 @@ fn resolve(key: &str, p: &Path, cgroup2: &Path) -> Result<PathBuf, ConfigError> 
             ),
         ));
     }
-    if !cgroup::is_cgroup2_dir(&path) {
+    if !is_cgroup(&path) {
         return Err(ConfigError::invalid(
             key,
             format!("{} is not an existing cgroup v2 directory", path.display()),

@@ -105,6 +105,18 @@ impl Drop for FakeCgroup2 {
     }
 }
 
+/// The fake tree's cgroups: directories holding `cgroup.controllers` (a node's also need to
+/// be on cgroup2, which a temporary directory is not).
+fn fake_cgroup(p: &std::path::Path) -> bool {
+    p.join("cgroup.controllers").is_file()
+}
+
+#[test]
+fn a_directory_off_cgroup2_is_no_cgroup_whatever_it_holds() {
+    let tree = FakeCgroup2::new(&["apps"]);
+    assert!(!crate::cgroup::is_cgroup2_dir(&tree.0.join("apps")));
+}
+
 #[test]
 fn configs_that_name_missing_cgroups_are_valid_but_do_not_bind() {
     let tree = FakeCgroup2::new(&[]);
@@ -116,7 +128,7 @@ fn configs_that_name_missing_cgroups_are_valid_but_do_not_bind() {
         parse_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         assert_rejected(&f, |text| {
             let config = parse_str(text)?;
-            crate::config::bind_under(&config, &tree.0).map(drop)
+            crate::config::bind_under(&config, &tree.0, &fake_cgroup).map(drop)
         });
     }
 }
@@ -136,7 +148,7 @@ services:
     )
     .expect("valid");
     assert_eq!(c.cgroup, Some(PathBuf::from("apps")));
-    let node = crate::config::bind_under(&c, &tree.0).expect("binds");
+    let node = crate::config::bind_under(&c, &tree.0, &fake_cgroup).expect("binds");
     assert_eq!(node.cgroup, tree.0.join("apps"));
     let ids = node.segment_ids("web");
     let inode = |p: &str| {
@@ -156,7 +168,7 @@ services:
     )
     .expect("valid");
     assert_eq!(
-        crate::config::bind_under(&root, &tree.0)
+        crate::config::bind_under(&root, &tree.0, &fake_cgroup)
             .expect("binds")
             .cgroup,
         tree.0
