@@ -18,6 +18,8 @@ pub struct Agent {
     pub state_path: PathBuf,
     /// A port free when the agent was prepared, for its `/metrics`.
     pub metrics_port: u16,
+    /// Capabilities `sluice run` is limited to (`None`: root's all).
+    capabilities: Option<Vec<String>>,
 }
 
 pub fn sluice_bin() -> PathBuf {
@@ -71,6 +73,7 @@ impl Agent {
             log_path: dir.join("sluice.log"),
             state_path: dir.join("rollouts.json"),
             metrics_port: crate::unused_port("127.0.0.1"),
+            capabilities: None,
             dir,
         };
         agent.write_config(cgroup, services_yaml);
@@ -115,9 +118,27 @@ impl Agent {
         std::fs::rename(&tmp, &self.config_path).expect("rename config");
     }
 
+    /// From now on `sluice run` starts with only these capabilities (as root, e.g. `bpf`,
+    /// `net_admin`), through util-linux's setpriv: its bounding set, and so what root's exec
+    /// gets, holds nothing else.
+    pub fn limit_capabilities(&mut self, capabilities: &[&str]) {
+        self.capabilities = Some(capabilities.iter().map(|c| (*c).to_owned()).collect());
+    }
+
     /// `sluice run` on this agent's config file, its log into `log`.
     fn run_command(&self, log: std::fs::File) -> Command {
-        let mut cmd = Command::new(sluice_bin());
+        let mut cmd = match &self.capabilities {
+            None => Command::new(sluice_bin()),
+            Some(caps) => {
+                let keep: String = caps.iter().map(|c| format!(",+{c}")).collect();
+                let mut cmd = Command::new("setpriv");
+                cmd.arg(format!("--bounding-set=-all{keep}"))
+                    .arg("--inh-caps=-all")
+                    .arg("--")
+                    .arg(sluice_bin());
+                cmd
+            }
+        };
         cmd.args(["run", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", "info")

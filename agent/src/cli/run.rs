@@ -33,7 +33,7 @@ pub fn run(path: &Path, format: LogFormat) -> ExitCode {
     };
     match runtime.block_on(daemon::run(path.to_owned(), config, node)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ DaemonError::NotRoot) => fail(exit::NOPERM, &e),
+        Err(e @ (DaemonError::NotRoot | DaemonError::Privileges(_))) => fail(exit::NOPERM, &e),
         Err(e @ DaemonError::Config(_)) => fail(exit::USAGE, &e),
         Err(e) => {
             tracing::error!(error = %crate::error_chain(&e), "sluice failed");

@@ -6,6 +6,7 @@
 //! [`Dataplane::apply`] makes the maps hold the result, all or nothing.
 
 mod control;
+mod privileges;
 mod reload;
 mod watch;
 
@@ -43,8 +44,10 @@ const SHARE_SAMPLE_PERIOD: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("sluice run needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)")]
+    #[error("sluice run needs root (with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)")]
     NotRoot,
+    #[error(transparent)]
+    Privileges(#[from] privileges::PrivilegeError),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -73,6 +76,7 @@ pub async fn run(config_path: PathBuf, config: Config, node: Node) -> Result<(),
     if crate::sys::effective_uid() != 0 {
         return Err(DaemonError::NotRoot);
     }
+    privileges::check()?;
     let mut watch = Watch::new(&config_path);
     // Both servers are bound before the kernel is touched: a daemon that cannot serve
     // refuses to start having changed nothing (and one already running is not disturbed).

@@ -32,7 +32,10 @@ pub fn abi_dir(pin_path: &Path) -> PathBuf {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    #[error("{path} is not on a bpf filesystem and mounting one there failed")]
+    #[error(
+        "{path} is not on a bpf filesystem and mounting one there failed (mounting needs \
+         CAP_SYS_ADMIN; or mount bpffs there before sluice starts)"
+    )]
     Bpffs {
         path: PathBuf,
         #[source]
