@@ -51,6 +51,15 @@ fn unescape_octal(s: &str) -> String {
     out
 }
 
+/// `PROC_CGROUP_INIT_INO`: the inode of the initial cgroup namespace (linux/proc_ns.h).
+const INITIAL_NAMESPACE: u64 = 0xEFFF_FFFB;
+
+/// Whether this process is in a cgroup namespace other than the initial one (a container's):
+/// then the cgroup2 mounts it makes show only its own subtree.
+pub fn in_own_namespace() -> bool {
+    fs::metadata("/proc/self/ns/cgroup").is_ok_and(|m| m.ino() != INITIAL_NAMESPACE)
+}
+
 /// Whether `path` is a cgroup v2 directory: on a cgroup2 filesystem, and holding
 /// `cgroup.controllers` (which only cgroup directories do).
 pub fn is_cgroup2_dir(path: &Path) -> bool {

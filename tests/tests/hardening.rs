@@ -402,3 +402,65 @@ fn a_device_a_fifo_or_a_huge_file_as_the_config_is_refused_without_stalling() {
     let r = probe(Some(&cg), web, 20);
     assert_eq!(r.from("stable"), 20, "steering as before: {r:?}");
 }
+
+#[test]
+fn in_a_cgroup_namespace_of_its_own_the_nodes_tree_must_be_named() {
+    if !root_or_skip("in_a_cgroup_namespace_of_its_own_the_nodes_tree_must_be_named") {
+        return;
+    }
+    let t = tag("cgroup-ns");
+    let cg = TestCgroup::new(&t);
+    let dir = std::env::temp_dir().join(format!("sluice-test-{t}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mount = sluice::cgroup::cgroup2_mount().expect("cgroup2 mount");
+    let relative = cg.path().strip_prefix(&mount).expect("below the mount");
+    let config = |extra: &str| {
+        let path = dir.join("sluice.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "{extra}cgroup: {}\nservices:\n  - name: web\n    \
+                 virtual_addresses: [\"10.96.0.10:80\"]\n    stable: [{{address: 10.0.1.1:8080}}]\n",
+                relative.display()
+            ),
+        )
+        .expect("write");
+        path
+    };
+    // `unshare --cgroup`: a cgroup namespace of its own, as a container's process has.
+    let check = |path: &Path, own_namespace: bool| {
+        let mut cmd = if own_namespace {
+            let mut c = Command::new("unshare");
+            c.args(["--cgroup", "--"])
+                .arg(sluice_tests::agent::sluice_bin());
+            c
+        } else {
+            Command::new(sluice_tests::agent::sluice_bin())
+        };
+        let out = cmd
+            .args(["check", "--on-this-node", "--config"])
+            .arg(path)
+            .output()
+            .expect("sluice check");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let plain = config("");
+    assert_eq!(check(&plain, false).0, Some(0), "on the host it binds");
+    let (code, err) = check(&plain, true);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("cgroup_root: missing: this process runs in a cgroup namespace of its own"),
+        "{err}"
+    );
+    let named = config(&format!("cgroup_root: {}\n", mount.display()));
+    let (code, err) = check(&named, true);
+    assert_eq!(code, Some(0), "with the node's tree named it binds: {err}");
+    let wrong = config(&format!("cgroup_root: {}\n", dir.display()));
+    let (code, err) = check(&wrong, true);
+    assert_eq!(code, Some(64));
+    assert!(err.contains("is not a cgroup2 filesystem"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

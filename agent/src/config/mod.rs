@@ -40,6 +40,9 @@ pub struct Config {
     /// cgroup v2 directory the programs attach to (every process below it is steered), as
     /// written: absolute, or relative to the cgroup2 mount; `None` is the mount itself.
     pub cgroup: Option<PathBuf>,
+    /// Where the node's cgroup2 tree is mounted as this process sees it (in a container: the
+    /// host's tree mounted in); `None`: the cgroup2 mount in `/proc/self/mountinfo`.
+    pub cgroup_root: Option<PathBuf>,
     pub pin_path: PathBuf,
     pub api_socket: PathBuf,
     /// Where `/metrics`, `/ready` and `/live` are served.

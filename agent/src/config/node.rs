@@ -38,10 +38,33 @@ impl Node {
     }
 }
 
-/// Binds `config` to this node's cgroup2 mount (found in `/proc/self/mountinfo`).
+/// Binds `config` to this node's cgroup2 tree: `cgroup_root` if set, else the cgroup2 mount
+/// in `/proc/self/mountinfo`, which in a cgroup namespace of its own (a container) shows only
+/// the container's subtree and is refused.
 pub fn bind(config: &Config) -> Result<Node, ConfigError> {
-    let cgroup2 =
-        cgroup::cgroup2_mount().map_err(|e| ConfigError::invalid("cgroup", e.to_string()))?;
+    let cgroup2 = match &config.cgroup_root {
+        Some(root) => {
+            if !crate::sys::is_cgroup2(root).unwrap_or(false) {
+                return Err(ConfigError::invalid(
+                    "cgroup_root",
+                    format!("{} is not a cgroup2 filesystem", root.display()),
+                ));
+            }
+            root.clone()
+        }
+        None if cgroup::in_own_namespace() => {
+            return Err(ConfigError::invalid(
+                "cgroup_root",
+                "missing: this process runs in a cgroup namespace of its own (a container), \
+                 where the cgroup2 mount shows only the container's own cgroups, not the \
+                 node's; mount the host's cgroup2 tree into the container (read-only) and name \
+                 it here",
+            ));
+        }
+        None => {
+            cgroup::cgroup2_mount().map_err(|e| ConfigError::invalid("cgroup", e.to_string()))?
+        }
+    };
     bind_under(config, &cgroup2, &cgroup::is_cgroup2_dir)
 }
 

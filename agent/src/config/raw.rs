@@ -10,6 +10,8 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_root: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pin_path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_socket: Option<String>,

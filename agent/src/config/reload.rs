@@ -8,6 +8,7 @@ pub fn restart_only_change(current: &Config, next: &Config) -> Option<&'static s
     let Config {
         // Where the programs are attached.
         cgroup,
+        cgroup_root,
         // Where the maps and links live.
         pin_path,
         // Bound once at start.
@@ -24,6 +25,7 @@ pub fn restart_only_change(current: &Config, next: &Config) -> Option<&'static s
     } = next;
     [
         ("cgroup", *cgroup != current.cgroup),
+        ("cgroup_root", *cgroup_root != current.cgroup_root),
         ("pin_path", *pin_path != current.pin_path),
         ("api_socket", *api_socket != current.api_socket),
         (
@@ -56,6 +58,7 @@ mod tests {
         assert_eq!(restart_only_change(&current, &more), None);
         for (line, key) in [
             ("cgroup: sluice\n", "cgroup"),
+            ("cgroup_root: /host/cgroup\n", "cgroup_root"),
             ("pin_path: /sys/fs/bpf/other\n", "pin_path"),
             ("api_socket: /run/other.sock\n", "api_socket"),
             ("metrics_address: 127.0.0.1:9999\n", "metrics_address"),

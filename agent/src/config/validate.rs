@@ -64,6 +64,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         .as_deref()
         .map(|p| cgroup_path("cgroup", p))
         .transpose()?;
+    let cgroup_root = raw
+        .cgroup_root
+        .as_deref()
+        .map(|p| own_path("cgroup_root", p))
+        .transpose()?;
     let pin_path = own_path(
         "pin_path",
         raw.pin_path.as_deref().unwrap_or(DEFAULT_PIN_PATH),
@@ -116,6 +121,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     Ok(Config {
         cgroup,
+        cgroup_root,
         pin_path,
         api_socket,
         metrics_address,
