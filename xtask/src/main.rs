@@ -4,6 +4,7 @@
 //! crate that needs the kernel toolchain: the demo and the bench live in `lab/` and run
 //! through `cargo run`, after set-up.
 
+mod image;
 mod setup;
 mod test;
 
@@ -30,6 +31,9 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Set up, then build the agent as a static binary in an OCI image from scratch:
+    /// target/image/oci (layout), sluice-oci.tar and sluice-docker.tar.
+    Image,
     /// Set up, build, and show a canary rollout live (`cargo xtask demo --help` for more).
     #[command(disable_help_flag = true)]
     Demo {
@@ -53,6 +57,11 @@ fn main() -> anyhow::Result<()> {
         Command::Test { args } => {
             setup::setup()?;
             test::test(&args)
+        }
+        Command::Image => {
+            setup::setup()?;
+            setup::image_tools()?;
+            image::image()
         }
         Command::Demo { args } => {
             setup::setup()?;

@@ -174,6 +174,55 @@ fn bpf_linker(toolchain: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `cargo xtask image` needs besides the build: the static target, umoci and skopeo.
+pub fn image_tools() -> anyhow::Result<()> {
+    let targets = output(rustup().args(["target", "list", "--installed"])).unwrap_or_default();
+    if !targets.lines().any(|t| t.trim() == crate::image::TARGET) {
+        eprintln!("setup: adding the {} target", crate::image::TARGET);
+        run(rustup().args(["target", "add", crate::image::TARGET]))?;
+    }
+    let missing: Vec<&str> = ["umoci", "skopeo"]
+        .into_iter()
+        .filter(|bin| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {bin}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("setup: installing {} (Debian)", missing.join(", "));
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    Ok(())
+}
+
+/// The Kubernetes manifest validator (PyPI), in a virtualenv of its own that outlives
+/// target/; returns its path. The manifest tests find it through SLUICE_KUBERNETES_VALIDATE.
+pub fn kubernetes_validate() -> anyhow::Result<PathBuf> {
+    const VERSION: &str = "1.37.0";
+    let venv = cargo_home().join("sluice-kubernetes-validate");
+    let bin = venv.join("bin/kubernetes-validate");
+    let works = output(Command::new(&bin).arg("--version")).is_some_and(|v| v.trim() == VERSION);
+    if !works {
+        eprintln!(
+            "setup: installing kubernetes-validate {VERSION} (PyPI) into {}",
+            venv.display()
+        );
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            &format!("kubernetes-validate=={VERSION}"),
+        ]))?;
+    }
+    Ok(bin)
+}
+
 /// bpffs at /sys/fs/bpf (the agent mounts it too; tests and bpftool want it first).
 fn bpffs() -> anyhow::Result<()> {
     let mounts = std::fs::read_to_string("/proc/self/mounts")?;

@@ -55,6 +55,24 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
     .context("cargo clippy of the kernel crate (ebpf/)")?;
     run(cargo().args(["build", "--package", "sluice"]))?;
     let bin = workspace_root().join("target/debug/sluice");
+    let validator = crate::setup::kubernetes_validate()?;
+    // The image, built twice: the tests read the first (target/image), and the second must
+    // have the same digest. Root only: umoci unpacks and packs root-owned files.
+    let reproducible = if is_root() {
+        crate::setup::image_tools()?;
+        let first = crate::image::build(&workspace_root().join("target/image"))?;
+        let again = crate::image::build(&workspace_root().join("target/image-again"))?;
+        let _ = std::fs::remove_dir_all(&again.dir);
+        println!(
+            "image: {} ({:.1} MB); built again: {}",
+            first.digest,
+            first.bytes as f64 / 1e6,
+            again.digest
+        );
+        Some(first.digest == again.digest)
+    } else {
+        None
+    };
     // One test thread: the kernel tests measure splits and count connections; running them
     // side by side only adds noise on two cores.
     let mut child = cargo()
@@ -62,6 +80,7 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
         .args(extra)
         .args(["--", "--test-threads=1"])
         .env("SLUICE_BIN", &bin)
+        .env("SLUICE_KUBERNETES_VALIDATE", &validator)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -78,6 +97,21 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
         let mut t = tally
             .lock()
             .map_err(|_| anyhow::anyhow!("tally poisoned"))?;
+        match reproducible {
+            Some(true) => {
+                println!("image_reproducible (the same digest twice): ok");
+                t.passed += 1;
+            }
+            Some(false) => {
+                println!("image_reproducible (the same digest twice): FAILED");
+                t.failed += 1;
+            }
+            None => {
+                println!("SKIPPED image_reproducible: needs root (run `cargo xtask test` as root)");
+                t.skipped += 1;
+                t.passed += 1;
+            }
+        }
         if !is_root() {
             println!("SKIPPED bench_quick: needs root (run `cargo xtask test` as root)");
             t.skipped += 1;

@@ -1,0 +1,211 @@
+//! The Kubernetes manifests (`deploy/kubernetes/`): they render with kustomize, validate
+//! strictly against every Kubernetes version they support, hold the least privilege the
+//! agent checks for, and ship a configuration `sluice check` accepts. No API server is
+//! needed. kubectl and kubernetes-validate (`cargo xtask setup` installs the latter) must be
+//! there: without them the tests skip, and under CI=true they fail.
+
+use std::{path::PathBuf, process::Command};
+
+use serde_yaml::Value;
+
+/// The supported Kubernetes versions: `recursiveReadOnly` (the cgroup mount) came in 1.30.
+const VERSIONS: std::ops::RangeInclusive<u32> = 30..=37;
+
+fn deploy_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes")
+}
+
+/// A tool that must be there; skips (or, under CI, fails) without it.
+fn tool(env: &str, default: &str, test: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(env).map_or_else(|| PathBuf::from(default), PathBuf::from);
+    if Command::new(&path).arg("--help").output().is_ok() {
+        return Some(path);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "{test} needs {} and CI=true forbids skipping it",
+            path.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED {test}: {} is not installed (cargo xtask setup installs it)",
+        path.display()
+    );
+    None
+}
+
+/// The rendered manifests, one document each.
+fn rendered(kubectl: &PathBuf) -> (String, Vec<Value>) {
+    let out = Command::new(kubectl)
+        .args(["kustomize"])
+        .arg(deploy_dir())
+        .output()
+        .expect("kubectl kustomize");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let docs = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("a document"))
+        .collect();
+    (text, docs)
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+#[test]
+fn the_manifests_validate_strictly_for_every_supported_kubernetes() {
+    let test = "the_manifests_validate_strictly_for_every_supported_kubernetes";
+    let Some(kubectl) = tool("KUBECTL", "kubectl", test) else {
+        return;
+    };
+    let Some(validate) = tool("SLUICE_KUBERNETES_VALIDATE", "kubernetes-validate", test) else {
+        return;
+    };
+    let (text, _) = rendered(&kubectl);
+    let file = std::env::temp_dir().join(format!("sluice-manifests-{}.yaml", std::process::id()));
+    std::fs::write(&file, text).expect("write");
+    for minor in VERSIONS {
+        let out = Command::new(&validate)
+            .args(["--strict", "--kubernetes-version", &format!("1.{minor}.0")])
+            .arg(&file)
+            .output()
+            .expect("kubernetes-validate");
+        let report = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !report.contains("ERROR"),
+            "1.{minor}: {report}"
+        );
+        for kind in ["namespace", "serviceaccount", "configmap", "daemonset"] {
+            assert!(
+                report.contains(&format!("passed for resource {kind}/")),
+                "1.{minor} {kind}: {report}"
+            );
+        }
+    }
+    let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn the_daemonset_holds_least_privilege_and_what_the_docs_say() {
+    let test = "the_daemonset_holds_least_privilege_and_what_the_docs_say";
+    let Some(kubectl) = tool("KUBECTL", "kubectl", test) else {
+        return;
+    };
+    let (_, docs) = rendered(&kubectl);
+    let ds = kind(&docs, "DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["privileged"], Value::Bool(false));
+    assert_eq!(sc["allowPrivilegeEscalation"], Value::Bool(false));
+    assert_eq!(sc["readOnlyRootFilesystem"], Value::Bool(true));
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
+    // Exactly what `sluice run` checks for (tests/tests/privileges.rs proves they suffice).
+    assert_eq!(
+        strings(&sc["capabilities"]["add"]),
+        ["BPF", "NET_ADMIN", "PERFMON"]
+    );
+    assert_ne!(pod["hostNetwork"], Value::Bool(true));
+    assert_eq!(
+        pod["priorityClassName"].as_str(),
+        Some("system-node-critical")
+    );
+    assert_eq!(pod["tolerations"][0]["operator"].as_str(), Some("Exists"));
+    assert_eq!(
+        ds["spec"]["updateStrategy"]["type"].as_str(),
+        Some("RollingUpdate")
+    );
+    assert_eq!(pod["automountServiceAccountToken"], Value::Bool(false));
+    assert_eq!(
+        c["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/ready")
+    );
+    assert_eq!(
+        c["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/live")
+    );
+    assert_eq!(c["env"][0]["name"].as_str(), Some("NODE_NAME"));
+    assert_eq!(
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        Some("spec.nodeName")
+    );
+    let mount = |name: &str| {
+        c["volumeMounts"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|m| m["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no mount {name}"))
+            .clone()
+    };
+    let cgroup = mount("cgroup");
+    assert_eq!(cgroup["readOnly"], Value::Bool(true));
+    assert_eq!(cgroup["recursiveReadOnly"].as_str(), Some("Enabled"));
+    assert_eq!(mount("bpffs")["mountPath"].as_str(), Some("/sys/fs/bpf"));
+    // The configuration names the cgroup tree where the DaemonSet mounts it, and listens
+    // where the probes and the scrapers look.
+    let config: Value = serde_yaml::from_str(
+        kind(&docs, "ConfigMap")["data"]["sluice.yaml"]
+            .as_str()
+            .expect("sluice.yaml"),
+    )
+    .expect("the ConfigMap's configuration");
+    assert_eq!(config["cgroup_root"], cgroup["mountPath"]);
+    let port = c["ports"][0]["containerPort"].as_u64().expect("port");
+    assert!(
+        config["metrics_address"]
+            .as_str()
+            .is_some_and(|a| a.ends_with(&format!(":{port}"))),
+        "{config:?}"
+    );
+    let annotations = &ds["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(
+        annotations["prometheus.io/port"].as_str(),
+        Some(port.to_string().as_str())
+    );
+    let pm = kind(&docs, "PodMonitor");
+    assert_eq!(
+        pm["spec"]["selector"]["matchLabels"],
+        ds["spec"]["template"]["metadata"]["labels"]
+    );
+    assert_eq!(
+        pm["spec"]["podMetricsEndpoints"][0]["port"],
+        c["ports"][0]["name"]
+    );
+}
+
+#[test]
+fn the_configmaps_configuration_passes_sluice_check() {
+    let text = std::fs::read_to_string(deploy_dir().join("configmap.yaml")).expect("configmap");
+    let cm: Value = serde_yaml::from_str(&text).expect("yaml");
+    let config = cm["data"]["sluice.yaml"].as_str().expect("sluice.yaml");
+    let file = std::env::temp_dir().join(format!("sluice-configmap-{}.yaml", std::process::id()));
+    std::fs::write(&file, config).expect("write");
+    let out = Command::new(sluice_tests::agent::sluice_bin())
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .expect("sluice check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_file(&file);
+}
