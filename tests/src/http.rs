@@ -196,6 +196,11 @@ impl Scraped {
             .split_once("\r\n\r\n")
             .map(|(_, b)| b.to_owned())
             .unwrap_or_default();
+        (Self::parse(&body), body)
+    }
+
+    /// An exposition's text, parsed.
+    pub fn parse(body: &str) -> Self {
         let mut map = BTreeMap::new();
         for line in body
             .lines()
@@ -217,7 +222,7 @@ impl Scraped {
             labels.sort();
             map.insert((name.to_owned(), labels), value.parse().expect("number"));
         }
-        (Self(map), body)
+        Self(map)
     }
 
     /// Sum of every series named `name` whose labels include all of `want`.

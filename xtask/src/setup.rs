@@ -174,14 +174,15 @@ fn bpf_linker(toolchain: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `cargo xtask image` needs besides the build: the static target, umoci and skopeo.
+/// What the image needs besides the build: the static target, umoci and skopeo to make it,
+/// crun and curl for the test that runs it.
 pub fn image_tools() -> anyhow::Result<()> {
     let targets = output(rustup().args(["target", "list", "--installed"])).unwrap_or_default();
     if !targets.lines().any(|t| t.trim() == crate::image::TARGET) {
         eprintln!("setup: adding the {} target", crate::image::TARGET);
         run(rustup().args(["target", "add", crate::image::TARGET]))?;
     }
-    let missing: Vec<&str> = ["umoci", "skopeo"]
+    let missing: Vec<&str> = ["umoci", "skopeo", "crun", "curl"]
         .into_iter()
         .filter(|bin| {
             !Command::new("sh")
