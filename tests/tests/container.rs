@@ -300,6 +300,11 @@ fn the_image_steers_counts_and_rolls_out_in_a_container_with_three_capabilities(
     };
     assert_eq!(established("stable"), stable.accepted());
     assert_eq!(established("canary"), canary.accepted());
+    eprintln!(
+        "in the container: 200 steered, stable {} canary {} accepted and counted",
+        stable.accepted(),
+        canary.accepted()
+    );
     // A rollout: the canary gets its step's share, passes, and is promoted.
     let end = Instant::now() + Duration::from_secs(60);
     let phase = loop {
@@ -323,6 +328,10 @@ fn the_image_steers_counts_and_rolls_out_in_a_container_with_three_capabilities(
         "promoted: every new connection to the canary"
     );
     assert_eq!(r_canary.accepted(), before + 50);
+    eprintln!(
+        "in the container: promoted after {} stable and {before} canary connections of the rollout",
+        r_stable.accepted()
+    );
 }
 
 #[test]
