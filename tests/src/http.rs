@@ -181,6 +181,27 @@ impl Drop for HttpBackend {
     }
 }
 
+/// `GET path` from an HTTP server (the agent's metrics server): (status code, body).
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
 /// One scrape of `/metrics`, parsed: (name, sorted labels) -> value.
 #[derive(Debug)]
 pub struct Scraped(pub BTreeMap<(String, Vec<(String, String)>), f64>);

@@ -231,6 +231,33 @@ pub fn unused_port(ip: &str) -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// An address on `ip` with a port free now (for a virtual address).
+pub fn free_address(ip: &str) -> SocketAddr {
+    format!("{ip}:{}", unused_port(ip))
+        .parse()
+        .expect("an address")
+}
+
+/// One service of a stable and a canary backend, at `percent` canary, as config YAML.
+pub fn service_yaml(
+    name: &str,
+    vip: SocketAddr,
+    stable: &Backend,
+    canary: &Backend,
+    percent: u32,
+) -> String {
+    format!(
+        "  - name: {name}\n    virtual_addresses: [\"{vip}\"]\n    canary_percent: {percent}\n    \
+         stable: [{{address: \"{}\"}}]\n    canary: [{{address: \"{}\"}}]\n",
+        stable.addr, canary.addr
+    )
+}
+
+/// How many lines of `text` hold `needle`.
+pub fn count_lines(text: &str, needle: &str) -> usize {
+    text.lines().filter(|l| l.contains(needle)).count()
+}
+
 /// `bpftool --json ARGS`, parsed.
 pub fn bpftool(args: &[&str]) -> serde_json::Value {
     let out = Command::new("bpftool")

@@ -28,6 +28,20 @@ fn sluice(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `sluice detach` of the agent with these pins, state file and socket.
+fn detach(pins: &Path, state: &Path, socket: &Path) -> (bool, String, String) {
+    let [pins, state, socket] = [pins, state, socket].map(|p| p.display().to_string());
+    sluice(&[
+        "detach",
+        "--pin-path",
+        &pins,
+        "--state-path",
+        &state,
+        "--socket",
+        &socket,
+    ])
+}
+
 /// Every file below `dir`, sorted.
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
@@ -60,15 +74,7 @@ fn detach_naming_other_pins_is_refused_by_the_daemon_and_changes_nothing() {
     let attached = Agent::attached(cg.path());
     let other_pins = format!("/sys/fs/bpf/sluice-test-{t}-other");
     let other_state = agent.dir().join("other.json");
-    let (ok, out, err) = sluice(&[
-        "detach",
-        "--pin-path",
-        &other_pins,
-        "--state-path",
-        &other_state.display().to_string(),
-        "--socket",
-        &agent.socket.display().to_string(),
-    ]);
+    let (ok, out, err) = detach(Path::new(&other_pins), &other_state, &agent.socket);
     assert!(!ok, "refused: {out} {err}");
     assert!(
         err.contains("this daemon's pins are under") && err.contains("nothing was removed"),
@@ -112,15 +118,7 @@ fn detach_without_a_daemon_removes_only_sluice_pins_on_bpffs() {
     std::fs::write(&state, "{\"an\": \"operator's file\"}").expect("write");
     let before = files(&scratch);
     let socket = scratch.join("no-daemon.sock").display().to_string();
-    let (ok, _, err) = sluice(&[
-        "detach",
-        "--pin-path",
-        &tree.display().to_string(),
-        "--state-path",
-        &state.display().to_string(),
-        "--socket",
-        &socket,
-    ]);
+    let (ok, _, err) = detach(&tree, &state, Path::new(&socket));
     assert!(!ok);
     assert!(err.contains("is not on a bpf filesystem"), "{err}");
     assert_eq!(files(&scratch), before, "nothing was removed");
@@ -129,15 +127,7 @@ fn detach_without_a_daemon_removes_only_sluice_pins_on_bpffs() {
     let foreign = std::path::PathBuf::from(format!("/sys/fs/bpf/sluice-test-{t}"));
     std::fs::create_dir_all(foreign.join("v5/maps")).expect("mkdir on bpffs");
     std::fs::create_dir_all(foreign.join("someone-else")).expect("mkdir on bpffs");
-    let (ok, _, err) = sluice(&[
-        "detach",
-        "--pin-path",
-        &foreign.display().to_string(),
-        "--state-path",
-        &state.display().to_string(),
-        "--socket",
-        &socket,
-    ]);
+    let (ok, _, err) = detach(&foreign, &state, Path::new(&socket));
     assert!(!ok);
     assert!(
         err.contains("someone-else") && err.contains("nothing was removed"),
@@ -147,15 +137,7 @@ fn detach_without_a_daemon_removes_only_sluice_pins_on_bpffs() {
 
     // sluice's own (empty) layout goes; the state file that is not sluice's stays.
     std::fs::remove_dir(foreign.join("someone-else")).expect("rmdir");
-    let (ok, out, err) = sluice(&[
-        "detach",
-        "--pin-path",
-        &foreign.display().to_string(),
-        "--state-path",
-        &state.display().to_string(),
-        "--socket",
-        &socket,
-    ]);
+    let (ok, out, err) = detach(&foreign, &state, Path::new(&socket));
     assert!(ok, "{out} {err}");
     assert!(!foreign.exists());
     assert!(err.contains("left alone"), "{err}");
