@@ -86,14 +86,15 @@ impl Container {
         let mounts = spec["mounts"].as_array_mut().expect("mounts");
         for (src, dst, ro) in [
             (PathBuf::from("/sys/fs/bpf"), "/sys/fs/bpf", false),
-            // In the runner's mount namespace /sys/fs/cgroup is the cgroup2 tree alone.
+            // In the runner's mount namespace /sys/fs/cgroup is the cgroup2 tree alone; read-only
+            // recursively (rro), as the DaemonSet's recursiveReadOnly mounts it.
             (PathBuf::from("/sys/fs/cgroup"), "/host/sys/fs/cgroup", true),
             (dir.join("etc"), "/etc/sluice", true),
             (dir.join("run"), "/run/sluice", false),
             (dir.join("state"), "/var/lib/sluice", false),
         ] {
             let options = if ro {
-                json!(["rbind", "rprivate", "ro"])
+                json!(["rbind", "rprivate", "rro"])
             } else {
                 json!(["rbind", "rprivate", "rw"])
             };
