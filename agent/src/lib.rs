@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod desired;
+pub mod discovery;
 pub mod limits;
 pub mod metrics;
 pub mod rollout;

@@ -108,7 +108,9 @@ impl ServiceBuilder {
 
 fn backend(address: SocketAddr, weight: i64) -> RawBackend {
     RawBackend {
-        address: address.to_string(),
+        address: Some(address.to_string()),
+        dns: None,
+        port: None,
         weight,
     }
 }
@@ -137,8 +139,15 @@ mod tests {
         assert!(!c.signals);
         assert_eq!(c.pin_path, Path::new("/sys/fs/bpf/sluice-x"));
         let s = &c.services[0];
-        assert_eq!((s.name.as_str(), s.virtual_addresses[0]), ("web", vip));
-        assert_eq!((s.stable[0].address, s.canary[0].address), (stable, canary));
+        use sluice::config::Target;
+        assert_eq!(
+            (s.name.as_str(), &s.virtual_addresses[0]),
+            ("web", &Target::Address(vip))
+        );
+        assert_eq!(
+            (&s.stable[0].target, &s.canary[0].target),
+            (&Target::Address(stable), &Target::Address(canary))
+        );
         assert_eq!((s.canary_ppm, s.http1), (125_000, true));
     }
 }

@@ -31,6 +31,8 @@ pub struct Seen {
     pub responses: BTreeMap<u16, u64>,
     pub interim: u64,
     pub resets: u64,
+    /// When each connection was accepted, unix ms (bounded: the first 1 000 000).
+    pub accepted_at: Vec<u64>,
 }
 
 pub struct HttpBackend {
@@ -64,7 +66,13 @@ impl HttpBackend {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                s.lock().expect("seen").connections += 1;
+                {
+                    let mut seen = s.lock().expect("seen");
+                    seen.connections += 1;
+                    if seen.accepted_at.len() < 1_000_000 {
+                        seen.accepted_at.push(crate::load::unix_ms());
+                    }
+                }
                 let (s, counter, fail) = (s.clone(), counter.clone(), fail.clone());
                 thread::spawn(move || serve(conn, behaviour.delay, &fail, &s, &counter));
             }

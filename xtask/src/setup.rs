@@ -237,13 +237,16 @@ fn bpffs() -> anyhow::Result<()> {
     run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
 }
 
-/// Debian tools the kernel tests use as independent witnesses: bpftool (maps, attachments)
-/// and Prometheus with promtool (scrapes and PromQL). Nothing is started here.
+/// Debian tools the kernel tests use as independent witnesses: bpftool (maps, attachments),
+/// Prometheus with promtool (scrapes and PromQL), and BIND with nsupdate (the DNS server the
+/// discovery tests change records on). Nothing is started here.
 fn debian_tools() -> anyhow::Result<()> {
     let missing: Vec<&str> = [
         ("bpftool", "bpftool"),
         ("prometheus", "prometheus"),
         ("promtool", "prometheus"),
+        ("named", "bind9"),
+        ("nsupdate", "bind9-dnsutils"),
     ]
     .iter()
     .filter(|(bin, _)| {
@@ -261,8 +264,39 @@ fn debian_tools() -> anyhow::Result<()> {
     packages.dedup();
     eprintln!("setup: installing {} (Debian)", packages.join(", "));
     run(Command::new("apt-get").args(["update", "-qq"]))?;
+    // Debian starts a package's service on install (named on port 53, Prometheus on 9090)
+    // where an init system runs; the tests start their own, so none is started here.
+    let _no_services = NoServiceStarts::hold()?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// A policy-rc.d that refuses every service start (exit 101, Debian's "action forbidden"),
+/// for the time of an install; it is removed after only if it was made here.
+struct NoServiceStarts(Option<PathBuf>);
+
+impl NoServiceStarts {
+    fn hold() -> anyhow::Result<Self> {
+        let path = PathBuf::from("/usr/sbin/policy-rc.d");
+        if path.exists() {
+            return Ok(Self(None));
+        }
+        std::fs::write(
+            &path,
+            "#!/bin/sh\n# written by cargo xtask for one install\nexit 101\n",
+        )?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(Self(Some(path)))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }

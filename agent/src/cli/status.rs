@@ -41,6 +41,11 @@ pub fn status(socket: &Path, only: Option<&str>, output: Output) -> ExitCode {
             println!("sluice {version}  cgroup {cgroup}  pins {pin_dir}  config {config}");
             println!();
             print!("{}", table(&services));
+            let names = names_table(&services);
+            if !names.is_empty() {
+                println!();
+                print!("{names}");
+            }
             if only.is_some()
                 && let Some(r) = services.first().and_then(|s| s.rollout.as_deref())
             {
@@ -115,6 +120,42 @@ fn table(services: &[ServiceStatus]) -> String {
             format!("{}\n", cells.join("  ").trim_end())
         })
         .collect()
+}
+
+/// One line per name a service gives: what it steers to, and how its lookups go.
+fn names_table(services: &[ServiceStatus]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for s in services {
+        for n in &s.names {
+            let age = |t: Option<f64>| t.map_or("never".into(), |t| format!("{t:.0}s ago"));
+            let state = match n.result.as_str() {
+                "ok" => format!("ok, resolved {}", age(n.last_good_seconds_ago)),
+                "pending" => "not looked up yet".into(),
+                failed if n.addresses.is_empty() => {
+                    format!(
+                        "{failed} ({} in a row), never resolved",
+                        n.failures_in_a_row
+                    )
+                }
+                failed => format!(
+                    "{failed} ({} in a row): steering on the last good set, resolved {}",
+                    n.failures_in_a_row,
+                    age(n.last_good_seconds_ago)
+                ),
+            };
+            let _ = writeln!(
+                out,
+                "{} {} dns:{}:{} -> [{}]  {state}",
+                s.name,
+                n.role,
+                n.name,
+                n.port,
+                n.addresses.join(","),
+            );
+        }
+    }
+    out
 }
 
 fn rollout_details(r: &RolloutStatus) -> String {

@@ -7,6 +7,7 @@
 //! file has validated and bound.
 
 mod bounds;
+mod discovery;
 mod duration;
 mod error;
 mod node;
@@ -18,6 +19,7 @@ mod validate;
 use std::{net::SocketAddr, path::PathBuf};
 
 pub use bounds::{MAX_CONFIG_BYTES, read_regular_file};
+pub use discovery::{DiscoveryConfig, NameServers, Unresolved};
 pub use duration::duration;
 pub use error::ConfigError;
 pub use node::{Node, SegmentMember, bind, bind_under};
@@ -54,13 +56,33 @@ pub struct Config {
     /// Size of the kernel's direct-mapped socket-tag array (a power of two; see
     /// `sluice_common::maps::DEFAULT_TAG_SLOTS`).
     pub socket_tag_slots: u32,
+    /// How names (`dns:` backends and virtual addresses) are resolved.
+    pub discovery: DiscoveryConfig,
     pub services: Vec<ServiceConfig>,
+}
+
+impl Config {
+    /// Every name the services give, with the family it is looked up in, once each.
+    pub fn names(&self) -> std::collections::BTreeSet<(String, Family)> {
+        self.services
+            .iter()
+            .flat_map(|s| {
+                let vips = s.virtual_addresses.iter();
+                let backends = s.stable.iter().chain(&s.canary).map(|b| &b.target);
+                vips.chain(backends)
+                    .filter_map(|t| t.name().map(|n| (n.name.clone(), s.family)))
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceConfig {
     pub name: String,
-    pub virtual_addresses: Vec<SocketAddr>,
+    pub virtual_addresses: Vec<Target>,
+    /// The family of every address of the service: literal ones are checked against it,
+    /// names are looked up in it (A for IPv4, AAAA for IPv6).
+    pub family: Family,
     pub selection: Selection,
     /// Canary share in parts per million.
     pub canary_ppm: u32,
@@ -84,8 +106,62 @@ pub enum Selection {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendConfig {
-    pub address: SocketAddr,
+    pub target: Target,
+    /// A literal address's weight; a name's weight is shared by the addresses it returns.
     pub weight: u32,
+}
+
+/// Where a backend or a virtual address is: written in the configuration, or a name this
+/// node resolves.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Target {
+    Address(SocketAddr),
+    Name(NamedTarget),
+}
+
+/// `{dns: name, port: N}`: every address the name resolves to, at this port.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NamedTarget {
+    /// Lower case, as written otherwise (a trailing dot makes it absolute: no search list).
+    pub name: String,
+    pub port: u16,
+}
+
+impl Target {
+    pub fn name(&self) -> Option<&NamedTarget> {
+        match self {
+            Target::Name(n) => Some(n),
+            Target::Address(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Address(a) => write!(f, "{a}"),
+            Target::Name(n) => write!(f, "dns:{}:{}", n.name, n.port),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: std::net::IpAddr) -> Self {
+        if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
 }
 
 /// Percent (0..=100) to parts per million, and back, for display.

@@ -23,6 +23,8 @@ pub struct RawConfig {
     pub state_path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_tag_slots: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<RawDiscovery>,
     /// Required, so that an empty or truncated file never reads as "no services": a
     /// configuration that steers nothing says `services: []`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -33,7 +35,10 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawService {
     pub name: String,
-    pub virtual_addresses: Vec<String>,
+    pub virtual_addresses: Vec<RawVirtualAddress>,
+    /// `ipv4` or `ipv6`: needed only when every virtual address is a name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
     #[serde(default = "default_protocol")]
     pub protocol: String,
     #[serde(default = "default_selection")]
@@ -56,9 +61,75 @@ pub struct RawService {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
-    pub address: String,
+    /// A literal `ip:port`; or, instead, `dns` and `port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// A name whose A (IPv4 services) or AAAA (IPv6) records are the backends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<i64>,
     #[serde(default = "default_weight")]
     pub weight: i64,
+}
+
+/// A virtual address: `"ip:port"`, or `{dns: name, port: N}` (a Service's ClusterIP by
+/// name).
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum RawVirtualAddress {
+    Literal(String),
+    Name(RawName),
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawName {
+    pub dns: String,
+    pub port: i64,
+}
+
+// By hand rather than `untagged`, so that a wrong map says which key is wrong instead of
+// "did not match any variant".
+impl<'de> Deserialize<'de> for RawVirtualAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = RawVirtualAddress;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"ip:port\" or {dns: name, port: number}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawVirtualAddress::Literal(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                RawName::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawVirtualAddress::Name)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+/// `discovery:`: how backends given by name are resolved.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolv_conf: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nameservers: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unresolved_at_start: Option<String>,
 }
 
 fn default_protocol() -> String {

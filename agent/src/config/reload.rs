@@ -20,6 +20,9 @@ pub fn restart_only_change(current: &Config, next: &Config) -> Option<&'static s
         state_path,
         // The size of a pinned map.
         socket_tag_slots,
+        // Reloadable: the resolver is rebuilt and every name looked up again; the sets
+        // found so far are kept until the new lookups answer.
+        discovery: _,
         // Reloadable: applied to the kernel transactionally.
         services: _,
     } = next;

@@ -3,7 +3,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddr,
     path::Path,
 };
 
@@ -13,12 +12,12 @@ use sluice_common::{
     slots::total_slots,
 };
 
-use address::{family, socket_addr, virtual_addresses};
+use address::{named, service_family, socket_addr, virtual_addresses};
 use paths::{cgroup_path, check_roles, metrics_address, own_path};
 
 use super::{
     BackendConfig, Config, ConfigError, DEFAULT_API_SOCKET, DEFAULT_METRICS_ADDRESS,
-    DEFAULT_PIN_PATH, DEFAULT_STATE_PATH, Selection, ServiceConfig,
+    DEFAULT_PIN_PATH, DEFAULT_STATE_PATH, Family, Selection, ServiceConfig, Target,
     bounds::{MAX_CONFIG_BYTES, check_document, read_regular_file},
     raw::{RawBackend, RawConfig, RawService},
 };
@@ -89,6 +88,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     )?;
 
     let socket_tag_slots = socket_tag_slots(raw.socket_tag_slots)?;
+    let discovery = super::discovery::discovery(raw.discovery)?;
     let Some(raw_services) = raw.services else {
         return Err(ConfigError::invalid(
             "services",
@@ -128,6 +128,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         signals: raw.signals,
         state_path,
         socket_tag_slots,
+        discovery,
         services,
     })
 }
@@ -167,7 +168,7 @@ fn service(key: &str, raw: RawService) -> Result<ServiceConfig, ConfigError> {
         ));
     }
     let vips = virtual_addresses(key, &raw.virtual_addresses)?;
-    let v4 = vips[0].is_ipv4();
+    let family = service_family(key, raw.family.as_deref(), &vips)?;
     let selection = match raw.selection.as_str() {
         "random" => {
             if raw.salt.is_some() {
@@ -199,19 +200,19 @@ fn service(key: &str, raw: RawService) -> Result<ServiceConfig, ConfigError> {
             ));
         }
     };
-    let stable = backends(&format!("{key}.stable"), &raw.stable, v4)?;
+    let stable = backends(&format!("{key}.stable"), &raw.stable, family)?;
     if stable.is_empty() {
         return Err(ConfigError::invalid(
             format!("{key}.stable"),
             "needs at least one backend: stable is where traffic goes when the canary cannot take it",
         ));
     }
-    let canary = backends(&format!("{key}.canary"), &raw.canary, v4)?;
+    let canary = backends(&format!("{key}.canary"), &raw.canary, family)?;
     for (i, b) in canary.iter().enumerate() {
-        if stable.iter().any(|s| s.address == b.address) {
+        if stable.iter().any(|s| s.target == b.target) {
             return Err(ConfigError::invalid(
-                format!("{key}.canary[{i}].address"),
-                format!("{} is also a stable backend", b.address),
+                format!("{key}.canary[{i}].{}", target_key(&b.target)),
+                format!("{} is also a stable backend", b.target),
             ));
         }
     }
@@ -245,6 +246,7 @@ fn service(key: &str, raw: RawService) -> Result<ServiceConfig, ConfigError> {
     Ok(ServiceConfig {
         name: raw.name,
         virtual_addresses: vips,
+        family,
         selection,
         canary_ppm,
         stable,
@@ -255,26 +257,62 @@ fn service(key: &str, raw: RawService) -> Result<ServiceConfig, ConfigError> {
     })
 }
 
-fn backends(key: &str, raw: &[RawBackend], v4: bool) -> Result<Vec<BackendConfig>, ConfigError> {
+/// The key a target was written under: `address` or `dns`.
+fn target_key(t: &Target) -> &'static str {
+    match t {
+        Target::Address(_) => "address",
+        Target::Name(_) => "dns",
+    }
+}
+
+fn backends(
+    key: &str,
+    raw: &[RawBackend],
+    family: Family,
+) -> Result<Vec<BackendConfig>, ConfigError> {
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(raw.len());
     for (i, b) in raw.iter().enumerate() {
         let k = format!("{key}[{i}]");
-        let address = socket_addr(&format!("{k}.address"), &b.address)?;
-        if address.is_ipv4() != v4 {
+        let target = match (&b.address, &b.dns) {
+            (Some(text), None) => {
+                if b.port.is_some() {
+                    return Err(ConfigError::invalid(
+                        format!("{k}.port"),
+                        "goes with `dns`; an address carries its own port",
+                    ));
+                }
+                let address = socket_addr(&format!("{k}.address"), text)?;
+                if Family::of(address.ip()) != family {
+                    return Err(ConfigError::invalid(
+                        format!("{k}.address"),
+                        format!(
+                            "{address} is {} but the service's virtual addresses are {}",
+                            Family::of(address.ip()).label(),
+                            family.label()
+                        ),
+                    ));
+                }
+                Target::Address(address)
+            }
+            (None, Some(name)) => Target::Name(named(&k, name, b.port)?),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    k,
+                    "gives both `address` and `dns`: a backend is one or the other",
+                ));
+            }
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    k,
+                    "needs `address: ip:port` or `dns: name` with `port`",
+                ));
+            }
+        };
+        if !seen.insert(target.clone()) {
             return Err(ConfigError::invalid(
-                format!("{k}.address"),
-                format!(
-                    "{address} is {} but the service's virtual addresses are {}",
-                    family(address.ip()),
-                    if v4 { "IPv4" } else { "IPv6" }
-                ),
-            ));
-        }
-        if !seen.insert(address) {
-            return Err(ConfigError::invalid(
-                format!("{k}.address"),
-                format!("{address} is listed twice"),
+                format!("{k}.{}", target_key(&target)),
+                format!("{target} is listed twice"),
             ));
         }
         if !(1..=MAX_WEIGHT).contains(&b.weight) {
@@ -284,19 +322,36 @@ fn backends(key: &str, raw: &[RawBackend], v4: bool) -> Result<Vec<BackendConfig
             ));
         }
         out.push(BackendConfig {
-            address,
+            target,
             weight: b.weight as u32,
         });
     }
-    let weights: Vec<u32> = out.iter().map(|b| b.weight).collect();
-    let slots = total_slots(&weights);
-    if slots > MAX_SLOTS_PER_VERSION {
+    let slots = literal_slots(&out);
+    if slots > u64::from(MAX_SLOTS_PER_VERSION) {
         return Err(ConfigError::invalid(
             key,
             format!("weights need {slots} slots after reduction, at most {MAX_SLOTS_PER_VERSION}"),
         ));
     }
     Ok(out)
+}
+
+/// Slots a version's literal backends take, with one for each name (the least a name that
+/// resolves can take; what names take at run time is checked when their answers come).
+fn literal_slots(b: &[BackendConfig]) -> u64 {
+    let literal: Vec<u32> = b
+        .iter()
+        .filter(|b| matches!(b.target, Target::Address(_)))
+        .map(|b| b.weight)
+        .collect();
+    let names = b.len() - literal.len();
+    if names == 0 {
+        u64::from(total_slots(&literal))
+    } else {
+        // With names the weights are spread over addresses, and the table is sized at run
+        // time; literal backends still take at least one slot each.
+        b.len() as u64
+    }
 }
 
 fn percent_to_ppm(key: &str, percent: f64) -> Result<u32, ConfigError> {
@@ -324,13 +379,9 @@ pub fn percent_to_ppm_checked(percent: f64) -> Result<u32, ConfigError> {
 fn check_across_services(services: &[ServiceConfig]) -> Result<(), ConfigError> {
     // An apply writes the new slot tables beside the old ones before it flips the services
     // to them: the kernel's slot map must hold both.
-    let slots_of = |b: &[BackendConfig]| {
-        let weights: Vec<u32> = b.iter().map(|b| b.weight).collect();
-        u64::from(total_slots(&weights))
-    };
     let slots: u64 = services
         .iter()
-        .map(|s| slots_of(&s.stable) + slots_of(&s.canary))
+        .map(|s| literal_slots(&s.stable) + literal_slots(&s.canary))
         .sum();
     let room = u64::from(MAX_SLOTS / 2);
     if slots > room {
@@ -343,7 +394,7 @@ fn check_across_services(services: &[ServiceConfig]) -> Result<(), ConfigError> 
         ));
     }
     let mut names = HashMap::new();
-    let mut vips: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut vips: HashMap<&Target, usize> = HashMap::new();
     for (i, s) in services.iter().enumerate() {
         if let Some(first) = names.insert(s.name.as_str(), i) {
             return Err(ConfigError::invalid(
@@ -352,7 +403,7 @@ fn check_across_services(services: &[ServiceConfig]) -> Result<(), ConfigError> 
             ));
         }
         for (j, v) in s.virtual_addresses.iter().enumerate() {
-            if let Some(first) = vips.insert(*v, i) {
+            if let Some(first) = vips.insert(v, i) {
                 return Err(ConfigError::invalid(
                     format!("services[{i}].virtual_addresses[{j}]"),
                     format!("{v} is already a virtual address of services[{first}]"),
@@ -365,10 +416,10 @@ fn check_across_services(services: &[ServiceConfig]) -> Result<(), ConfigError> 
     for (i, s) in services.iter().enumerate() {
         for (version, list) in [("stable", &s.stable), ("canary", &s.canary)] {
             for (j, b) in list.iter().enumerate() {
-                if let Some(owner) = vips.get(&b.address) {
+                if let Some(owner) = vips.get(&b.target) {
                     return Err(ConfigError::invalid(
-                        format!("services[{i}].{version}[{j}].address"),
-                        format!("{} is a virtual address (of services[{owner}])", b.address),
+                        format!("services[{i}].{version}[{j}].{}", target_key(&b.target)),
+                        format!("{} is a virtual address (of services[{owner}])", b.target),
                     ));
                 }
             }

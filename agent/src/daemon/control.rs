@@ -27,8 +27,10 @@ impl Daemon {
     fn status(&self) -> Response {
         match self.dp.status() {
             Ok(mut services) => {
+                let mut names = self.discovery.statuses(&self.config);
                 for s in &mut services {
                     s.rollout = self.rollouts.status(&s.name).map(Box::new);
+                    s.names = names.remove(&s.name).unwrap_or_default();
                 }
                 Response::Status {
                     version: env!("CARGO_PKG_VERSION").into(),

@@ -26,6 +26,7 @@ use crate::{
     config::{Config, ConfigError, Node},
     dataplane::{ApplyReport, CgroupChange, Dataplane, DataplaneError},
     desired::desired_state,
+    discovery::{Discovery, DiscoveryError, Found},
     metrics::{self, Scrape, ShareWindows},
     rollout::{self, Controller, Outcome, StateError, SystemClock},
     view::AgentHealth,
@@ -58,6 +59,8 @@ pub enum DaemonError {
     Metrics(#[from] metrics::ServeError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
     #[error("installing a signal handler")]
     Signal(#[source] std::io::Error),
 }
@@ -68,6 +71,9 @@ struct Daemon {
     config: Config,
     node: Node,
     rollouts: Controller,
+    discovery: Discovery,
+    /// The last discovered sets did not reach the kernel.
+    discovery_unapplied: bool,
     dp: Dataplane,
     health: AgentHealth,
 }
@@ -85,12 +91,16 @@ pub async fn run(config_path: PathBuf, config: Config, node: Node) -> Result<(),
     let (scrape_tx, mut scrapes) = mpsc::channel(16);
     let metrics_address = metrics::serve(config.metrics_address, scrape_tx).await?;
     let (rollouts, loaded) = Controller::load(&config, Arc::new(SystemClock))?;
+    // Names are looked up before the kernel is touched: a refusal changes nothing.
+    let (discovery, mut found) = Discovery::start(&config).await?;
     let dp = Dataplane::load(&config, &node)?;
     let mut d = Daemon {
         config_path,
         config,
         node,
         rollouts,
+        discovery,
+        discovery_unapplied: false,
         dp,
         health: AgentHealth::default(),
     };
@@ -126,13 +136,14 @@ pub async fn run(config_path: PathBuf, config: Config, node: Node) -> Result<(),
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
                 watch.take(&d.config_path);
-                reloads.start("SIGHUP");
+                reloads.start("SIGHUP", d.discovery.known());
             }
             // Parsed off the loop: no file, however large or nested, holds up the guard.
             Some((parsed, why)) = reloads.done() => {
                 d.reload(parsed, why);
-                reloads.finished();
+                reloads.finished(d.discovery.known());
             }
+            Some(first) = found.recv() => d.discovered(first, &mut found),
             _ = share_sample.tick() => match d.dp.share_counts() {
                 Ok(counts) => windows.record(&counts, std::time::Instant::now()),
                 Err(e) => tracing::warn!(error = %crate::error_chain(&e), "reading counters failed"),
@@ -140,7 +151,7 @@ pub async fn run(config_path: PathBuf, config: Config, node: Node) -> Result<(),
             _ = rollout_tick.tick() => d.rollout_tick(),
             _ = watch_tick.tick() => {
                 if watch.poll(Seen::read(&d.config_path), std::time::Instant::now()) {
-                    reloads.start("file changed");
+                    reloads.start("file changed", d.discovery.known());
                 }
                 d.check_cgroup();
             }
@@ -183,8 +194,39 @@ fn remove_socket(path: &Path) {
 impl Daemon {
     /// Inputs -> desired state -> kernel.
     fn steer(&mut self) -> Result<ApplyReport, DataplaneError> {
-        let desired = desired_state(&self.config, &self.node, &self.rollouts.shares());
+        let desired = desired_state(
+            &self.config,
+            &self.node,
+            &self.rollouts.shares(),
+            &self.discovery.resolved(),
+        );
         self.dp.apply(desired)
+    }
+
+    /// Followers' lookups: this one and any already waiting, then one apply if a set
+    /// changed. Sets the kernel refuses stay unapplied (it keeps the previous ones) and are
+    /// tried again with the next lookup.
+    fn discovered(
+        &mut self,
+        first: (crate::discovery::NameKey, crate::discovery::Lookup),
+        found: &mut Found,
+    ) {
+        let mut changed = self.discovery.record(&first.0, &first.1);
+        while let Ok((key, lookup)) = found.try_recv() {
+            changed |= self.discovery.record(&key, &lookup);
+        }
+        if !(changed || self.discovery_unapplied) {
+            return;
+        }
+        match self.steer() {
+            Ok(_) => self.discovery_unapplied = false,
+            Err(e) => {
+                if !self.discovery_unapplied {
+                    tracing::error!(error = %crate::error_chain(&e), "applying the discovered backends failed; the kernel keeps the previous sets, and the next lookup tries again");
+                }
+                self.discovery_unapplied = true;
+            }
+        }
     }
 
     /// A guard tick (and, when due, an analysis) of every active rollout.
@@ -275,7 +317,15 @@ impl Daemon {
             tracing::warn!(error = %reason, "reading counters for /metrics failed");
             reason
         })?;
-        metrics::encode(&samples, windows, &self.rollouts.statuses(), &self.health).map_err(|e| {
+        let discovery = self.discovery.series(&self.config);
+        metrics::encode(
+            &samples,
+            windows,
+            &self.rollouts.statuses(),
+            &discovery,
+            &self.health,
+        )
+        .map_err(|e| {
             tracing::error!(error = %e, "encoding metrics failed");
             format!("encoding metrics failed: {e}")
         })

@@ -12,10 +12,22 @@ use super::Daemon;
 use crate::{
     config::{self, Config, ConfigError, Node, restart_only_change},
     desired::desired_state,
+    discovery::{Known, Prepared, ResolverError},
     view::ReloadResult,
 };
 
-type Parsed = Result<(Config, Node), ConfigError>;
+/// A configuration ready to apply: validated, bound to this node, its names looked up.
+type Parsed = Result<(Config, Node, Prepared), ReloadError>;
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Resolver(#[from] ResolverError),
+    #[error("the reload was cut short")]
+    Interrupted,
+}
 
 /// The reloads in flight: one parse at most, and whether another was asked for meanwhile.
 pub(super) struct Reloads {
@@ -38,20 +50,32 @@ impl Reloads {
         }
     }
 
-    /// Reads and parses the file off the loop (or once the one in flight is done).
-    pub fn start(&mut self, why: &'static str) {
+    /// Reads and parses the file off the loop (or once the one in flight is done), then
+    /// looks up the names the running configuration does not follow yet.
+    pub fn start(&mut self, why: &'static str, known: Known) {
         if self.running {
             self.again = Some(why);
             return;
         }
         self.running = true;
         let (path, tx) = (self.path.clone(), self.tx.clone());
-        tokio::task::spawn_blocking(move || {
-            let parsed = config::parse(&path).and_then(|c| {
-                let node = config::bind(&c)?;
-                Ok((c, node))
-            });
-            let _ = tx.blocking_send((parsed, why));
+        tokio::spawn(async move {
+            let parsed = tokio::task::spawn_blocking(move || {
+                config::parse(&path).and_then(|c| {
+                    let node = config::bind(&c)?;
+                    Ok((c, node))
+                })
+            })
+            .await;
+            let parsed = match parsed {
+                Err(_) => Err(ReloadError::Interrupted),
+                Ok(Err(e)) => Err(e.into()),
+                Ok(Ok((c, node))) => match Prepared::new(&c, Some(&known)).await {
+                    Ok(p) => Ok((c, node, p)),
+                    Err(e) => Err(e.into()),
+                },
+            };
+            let _ = tx.send((parsed, why)).await;
         });
     }
 
@@ -61,10 +85,10 @@ impl Reloads {
     }
 
     /// The parse just received has been handled: start the one asked for meanwhile.
-    pub fn finished(&mut self) {
+    pub fn finished(&mut self, known: Known) {
         self.running = false;
         if let Some(why) = self.again.take() {
-            self.start(why);
+            self.start(why, known);
         }
     }
 }
@@ -76,7 +100,7 @@ impl Daemon {
     }
 
     fn apply_reload(&mut self, parsed: Parsed, why: &str) -> ReloadResult {
-        let (next, node) = match parsed {
+        let (next, node, prepared) = match parsed {
             Ok(next) => next,
             Err(e) => {
                 tracing::error!(reason = why, error = %crate::error_chain(&e), "configuration rejected; the previous one stays in force");
@@ -95,11 +119,25 @@ impl Daemon {
         // they were.
         let mut rollouts = self.rollouts.clone();
         let outcome = rollouts.reconcile(&next);
+        let resolved = prepared.resolved_over(&self.discovery);
+        if next.discovery.unresolved_at_start == config::Unresolved::Refuse {
+            let missing: Vec<String> = next
+                .names()
+                .into_iter()
+                .filter(|(name, family)| resolved.addresses(name, *family).next().is_none())
+                .map(|(name, _)| name)
+                .collect();
+            if !missing.is_empty() {
+                tracing::error!(reason = why, names = %missing.join(","), "configuration rejected: names did not resolve and discovery.unresolved_at_start is refuse; the previous one stays in force");
+                return ReloadResult::Rejected;
+            }
+        }
         match self
             .dp
-            .apply(desired_state(&next, &node, &rollouts.shares()))
+            .apply(desired_state(&next, &node, &rollouts.shares(), &resolved))
         {
             Ok(r) => {
+                self.discovery.adopt(prepared);
                 self.rollouts = rollouts;
                 self.config = next;
                 self.node = node;

@@ -68,6 +68,11 @@ pub enum DataplaneError {
          (`sluice detach`, then start the agent)"
     )]
     TagSlots { pinned: u32, configured: u32 },
+    #[error(
+        "the services need {needed} backend slots; the kernel holds {room} for one \
+         generation (half its slot map: the other half is the generation an apply replaces)"
+    )]
+    TooManySlots { needed: u64, room: u64 },
     #[error("map {name}")]
     Map {
         name: &'static str,

@@ -89,6 +89,7 @@ pub fn status(
                 measured_canary_percent: (stable + canary > 0)
                     .then(|| 100.0 * canary as f64 / (stable + canary) as f64),
                 rollout: None,
+                names: Vec::new(),
             })
         })
         .collect()
@@ -124,6 +125,7 @@ pub fn samples<'a>(
                 config_ppm: entry.config_ppm,
                 http1: entry.flags & sluice_common::maps::FLAG_HTTP1 != 0,
                 steer,
+                backends: [distinct(&d.stable), distinct(&d.canary)],
                 versions: [version(VERSION_STABLE)?, version(VERSION_CANARY)?],
             })
         })
@@ -170,4 +172,11 @@ pub fn share_counts(
             })
         })
         .collect()
+}
+
+/// Backends of a slot table, each once (a weighted one fills several slots).
+fn distinct(table: &[Backend]) -> u32 {
+    let set: std::collections::BTreeSet<([u32; 4], u16)> =
+        table.iter().map(|b| (b.addr, b.port)).collect();
+    set.len() as u32
 }

@@ -2,11 +2,12 @@
 //! bound to, and the rollouts' decisions to what the kernel's maps must hold.
 //!
 //! The daemon's loop is `inputs -> desired_state -> Dataplane::apply`. Rollout decisions
-//! enter as a plain value, [`RolloutShares`]: this node's controller provides it today; any
-//! other source (a cluster-wide rollout) can provide the same value instead, and nothing
-//! below this function changes.
+//! enter as a plain value, [`RolloutShares`]: this node's controller provides it; any other
+//! source (a cluster-wide rollout) can provide the same value instead, and nothing below
+//! this function changes. What names resolved to enters the same way, as [`Resolved`].
 
 mod encode;
+mod expand;
 mod tables;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use sluice_common::maps::{
 };
 
 pub use encode::{addr_words, vip_key, words_addr};
+pub use expand::{Resolved, Weighted, addresses_of, expand};
 use tables::slot_table;
 
 use crate::config::{Config, Node, Selection, ServiceConfig};
@@ -53,23 +55,72 @@ pub struct DesiredService {
 }
 
 /// What the kernel must hold: every configured service, with the rollouts' shares and
-/// promoted canary sets in place of the configured ones.
+/// promoted canary sets in place of the configured ones, and names as what they resolved to.
+///
+/// An address a name returns that is already a virtual address (of an earlier service, or a
+/// literal one of any) is left out: it would steer twice, or take another service's place.
 pub fn desired_state(
     config: &Config,
     node: &Node,
     rollouts: &RolloutShares,
+    resolved: &Resolved,
 ) -> Vec<DesiredService> {
-    config
+    let literal_vips: std::collections::HashSet<VipKey> = config
         .services
         .iter()
-        .map(|s| desired_service(s, node, rollouts.get(&s.name)))
-        .collect()
+        .flat_map(|s| &s.virtual_addresses)
+        .filter_map(|t| match t {
+            crate::config::Target::Address(a) => Some(vip_key(*a)),
+            crate::config::Target::Name(_) => None,
+        })
+        .collect();
+    let mut claimed = literal_vips.clone();
+    let mut out: Vec<DesiredService> = config
+        .services
+        .iter()
+        .map(|s| {
+            let mut vips = Vec::new();
+            for t in &s.virtual_addresses {
+                for a in addresses_of(t, s.family, resolved) {
+                    let key = vip_key(a);
+                    let literal = matches!(t, crate::config::Target::Address(_));
+                    if literal || claimed.insert(key) {
+                        vips.push(key);
+                    }
+                }
+            }
+            desired_service(s, node, rollouts.get(&s.name), resolved, vips)
+        })
+        .collect();
+    // No backend may be a virtual address (it would be steered again by the next connect):
+    // the configuration refuses literal ones, and resolved ones are dropped here.
+    let all_vips: std::collections::HashSet<VipKey> =
+        out.iter().flat_map(|d| d.vips.iter().copied()).collect();
+    for d in &mut out {
+        for table in [&mut d.stable, &mut d.canary] {
+            let before = table.len();
+            table.retain(|b| {
+                !all_vips.contains(&VipKey {
+                    addr: b.addr,
+                    port: b.port,
+                    proto: sluice_common::IPPROTO_TCP,
+                    _pad: 0,
+                })
+            });
+            if table.len() != before {
+                tracing::warn!(service = %d.name, "a resolved backend is a virtual address: left out");
+            }
+        }
+    }
+    out
 }
 
 fn desired_service(
     s: &ServiceConfig,
     node: &Node,
     rollout: Option<&RolloutShare>,
+    resolved: &Resolved,
+    vips: Vec<VipKey>,
 ) -> DesiredService {
     let (mode, salt) = match s.selection {
         Selection::Random => (MODE_RANDOM, 0),
@@ -93,14 +144,14 @@ fn desired_service(
     };
     DesiredService {
         name: s.name.clone(),
-        vips: s.virtual_addresses.iter().map(|a| vip_key(*a)).collect(),
+        vips,
         mode,
         salt,
         flags: segmented | if s.http1 { FLAG_HTTP1 } else { 0 },
         config_ppm: s.canary_ppm,
         forced_ppm: rollout.map(|r| r.canary_ppm),
-        stable: slot_table(stable, VERSION_STABLE),
-        canary: slot_table(canary, VERSION_CANARY),
+        stable: slot_table(&expand(stable, s.family, resolved), VERSION_STABLE),
+        canary: slot_table(&expand(canary, s.family, resolved), VERSION_CANARY),
         segment,
     }
 }

@@ -1,19 +1,13 @@
 //! A version's slot table: each backend repeated by its slot count.
 
-use sluice_common::{
-    maps::Backend,
-    slots::{divisor, slots_of},
-};
+use sluice_common::maps::Backend;
 
-use super::addr_words;
-use crate::config::BackendConfig;
+use super::{addr_words, expand::Weighted};
 
 /// The slot table of one version, interleaved (round-robin over backends) so a table is
 /// readable in `bpftool map dump`.
-pub fn slot_table(backends: &[BackendConfig], version: u8) -> Vec<Backend> {
-    let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
-    let d = divisor(&weights);
-    let mut left: Vec<u32> = weights.iter().map(|w| slots_of(*w, d)).collect();
+pub fn slot_table(backends: &[Weighted], version: u8) -> Vec<Backend> {
+    let mut left: Vec<u32> = backends.iter().map(|b| b.slots).collect();
     let mut table = Vec::with_capacity(left.iter().sum::<u32>() as usize);
     while left.iter().any(|&n| n > 0) {
         for (index, (b, n)) in backends.iter().zip(left.iter_mut()).enumerate() {
@@ -38,19 +32,16 @@ mod tests {
 
     use super::*;
 
-    fn b(addr: &str, weight: u32) -> BackendConfig {
-        BackendConfig {
+    fn b(addr: &str, slots: u32) -> Weighted {
+        Weighted {
             address: addr.parse().expect("test address"),
-            weight,
+            slots,
         }
     }
 
     #[test]
-    fn weights_reduce_by_gcd_and_interleave() {
-        let t = slot_table(
-            &[b("10.0.0.1:80", 30), b("10.0.0.2:80", 70)],
-            VERSION_STABLE,
-        );
+    fn backends_take_their_slots_interleaved() {
+        let t = slot_table(&[b("10.0.0.1:80", 3), b("10.0.0.2:80", 7)], VERSION_STABLE);
         assert_eq!(t.len(), 10);
         assert_eq!(t.iter().filter(|s| s.index == 0).count(), 3);
         assert_eq!(t[0].index, 0);

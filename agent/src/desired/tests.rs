@@ -8,7 +8,14 @@ use sluice_common::maps::{
 };
 
 use super::*;
-use crate::config::{SegmentMember, parse_str};
+use crate::config::{SegmentMember, Target, parse_str};
+
+fn literal(t: &Target) -> std::net::SocketAddr {
+    match t {
+        Target::Address(a) => *a,
+        Target::Name(n) => panic!("{} is a name", n.name),
+    }
+}
 
 const CONFIG: &str = r#"
 services:
@@ -54,15 +61,20 @@ fn versions(table: &[Backend]) -> Vec<u8> {
 #[test]
 fn the_configuration_alone_gives_its_own_shares_and_sets() {
     let config = parse_str(CONFIG).expect("valid");
-    let want = desired_state(&config, &node(), &RolloutShares::new());
+    let want = desired_state(
+        &config,
+        &node(),
+        &RolloutShares::new(),
+        &Resolved::default(),
+    );
     assert_eq!(want.len(), 2);
     let web = &want[0];
     assert_eq!(web.name, "web");
     assert_eq!(
         web.vips,
         vec![
-            vip_key(config.services[0].virtual_addresses[0]),
-            vip_key(config.services[0].virtual_addresses[1])
+            vip_key(literal(&config.services[0].virtual_addresses[0])),
+            vip_key(literal(&config.services[0].virtual_addresses[1]))
         ]
     );
     assert_eq!((web.mode, web.flags), (MODE_RANDOM, FLAG_HTTP1));
@@ -89,7 +101,7 @@ fn rollout_decisions_set_the_share_and_a_promotion_swaps_the_sets() {
             promoted: false,
         },
     )]);
-    let want = desired_state(&config, &node(), &stepping);
+    let want = desired_state(&config, &node(), &stepping, &Resolved::default());
     assert_eq!(want[1].forced_ppm, Some(100_000));
     assert_eq!(
         want[1].stable[0].addr,
@@ -105,7 +117,7 @@ fn rollout_decisions_set_the_share_and_a_promotion_swaps_the_sets() {
             promoted: true,
         },
     )]);
-    let want = desired_state(&config, &node(), &promoted);
+    let want = desired_state(&config, &node(), &promoted, &Resolved::default());
     let api = &want[1];
     assert_eq!(api.forced_ppm, Some(0));
     assert_eq!(api.stable.len(), 1);
@@ -122,7 +134,12 @@ fn a_segmented_service_the_node_did_not_bind_lets_nobody_reach_its_canary() {
     let config = parse_str(CONFIG).expect("valid");
     let mut unbound = node();
     unbound.segments.clear();
-    let want = desired_state(&config, &unbound, &RolloutShares::new());
+    let want = desired_state(
+        &config,
+        &unbound,
+        &RolloutShares::new(),
+        &Resolved::default(),
+    );
     assert_eq!(want[1].flags & FLAG_SEGMENTED, FLAG_SEGMENTED);
     assert!(want[1].segment.is_empty());
 }

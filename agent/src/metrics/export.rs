@@ -19,13 +19,16 @@ use super::{
     families::{Families, VERSIONS, VersionLabels, pair},
     rollout::rollout_series,
 };
-use crate::view::{AgentHealth, ReloadResult, RolloutStatus, ServiceSample};
+use crate::view::{
+    AgentHealth, DiscoverySeries, LOOKUP_RESULTS, ReloadResult, RolloutStatus, ServiceSample,
+};
 
 /// The whole exposition.
 pub fn encode(
     samples: &[ServiceSample],
     windows: &ShareWindows,
     rollouts: &[(String, RolloutStatus)],
+    discovery: &[DiscoverySeries],
     health: &AgentHealth,
 ) -> Result<String, prometheus::Error> {
     let mut f = Families::default();
@@ -53,6 +56,7 @@ pub fn encode(
     for (service, r) in rollouts {
         rollout_series(&mut f, service, r);
     }
+    discovery_series(&mut f, discovery);
     let mut out = String::default();
     TextEncoder::new().encode_utf8(&f.0, &mut out)?;
     Ok(out)
@@ -102,8 +106,42 @@ fn service_series(f: &mut Families, s: &ServiceSample, windows: &ShareWindows) {
     }
 }
 
+fn discovery_series(f: &mut Families, series: &[DiscoverySeries]) {
+    for s in series {
+        let labels = |extra: Option<&str>| {
+            let mut l = vec![pair("service", &s.service), pair("version", s.role)];
+            if let Some(r) = extra {
+                l.push(pair("result", r));
+            }
+            l
+        };
+        // Every result for every service and role, zeros too, so that `rate()` sees the
+        // first failure.
+        for result in LOOKUP_RESULTS {
+            f.counter(
+                "sluice_discovery_lookups_total",
+                "DNS lookups of the names a service gives, by result; `version` is stable, canary or virtual_address. A failed or empty lookup keeps the last good set.",
+                labels(Some(result)),
+                s.lookups.get(result).copied().unwrap_or(0),
+            );
+        }
+        f.gauge(
+            "sluice_discovery_names_failing",
+            "Names of this service and version whose last lookup failed: steering uses their last good answer.",
+            labels(None),
+            f64::from(s.failing),
+        );
+    }
+}
+
 fn version_series(f: &mut Families, s: &ServiceSample, v: usize, l: &VersionLabels<'_>) {
     let m = &s.versions[v];
+    f.gauge(
+        "sluice_backends",
+        "Backend addresses of this version in the kernel now (literal ones and what names resolved to).",
+        l.pairs(&[]),
+        f64::from(s.backends[v]),
+    );
     let at = |slot: u32| m[slot as usize];
     let steered = s.steer[if v == 0 {
         STEERED_STABLE

@@ -60,7 +60,7 @@ fn fingerprint(s: &ServiceConfig) -> String {
     let list = |v: &[BackendConfig]| {
         let mut v: Vec<String> = v
             .iter()
-            .map(|b| format!("{}*{}", b.address, b.weight))
+            .map(|b| format!("{}*{}", b.target, b.weight))
             .collect();
         v.sort();
         v.join(",")

@@ -45,7 +45,7 @@ impl Rollout {
             canary: service
                 .canary
                 .iter()
-                .map(|b| b.address.to_string())
+                .map(|b| b.target.to_string())
                 .collect(),
             state,
             window: None,

@@ -3,10 +3,12 @@
 //! Plain data, no behaviour: the dataplane, the rollout controller, the exporter, the API and
 //! the CLI all import these and none of them imports another for its types.
 
+mod discovery;
 mod health;
 mod rollout;
 mod service;
 
+pub use discovery::{DiscoverySeries, LOOKUP_RESULTS, NameStatus};
 pub use health::{AgentHealth, ReloadResult};
 pub use rollout::{
     Action, Check, CheckResult, Decision, Phase, RolloutStatus, Unit, Verdict, VersionLive,

@@ -30,6 +30,9 @@ pub struct ServiceStatus {
     /// leaves it empty; the daemon adds it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Box<RolloutStatus>>,
+    /// The names the service gives and how they resolve (the daemon adds them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<super::NameStatus>,
 }
 
 /// Raw kernel numbers of one service, summed over CPUs: what the exporter encodes and the
@@ -41,6 +44,8 @@ pub struct ServiceSample {
     pub config_ppm: u32,
     pub http1: bool,
     pub steer: [u64; STEER_COUNTERS as usize],
+    /// Distinct backend addresses of stable, then canary, in the kernel now.
+    pub backends: [u32; 2],
     /// Metric slots of stable, then canary.
     pub versions: [Vec<u64>; 2],
 }

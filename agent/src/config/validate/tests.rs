@@ -18,7 +18,7 @@ fn expectation(text: &str) -> Vec<&str> {
 #[test]
 fn example_config_is_valid() {
     let c = parse(&config_dir().join("example.yaml")).expect("config/example.yaml must be valid");
-    assert_eq!(c.services.len(), 3);
+    assert_eq!(c.services.len(), 4);
     let r = c.services[2]
         .rollout
         .as_ref()
@@ -173,6 +173,45 @@ services:
             .cgroup,
         tree.0
     );
+}
+
+#[test]
+fn names_are_targets_of_the_services_family() {
+    let c = parse_str(
+        r#"
+discovery: {nameservers: ["127.0.0.1:5353"], min_ttl: 1s, max_ttl: 10s, timeout: 1s}
+services:
+  - name: orders
+    virtual_addresses: [{dns: Orders.prod.svc.cluster.local., port: 80}]
+    family: ipv6
+    stable:
+      - {dns: orders-primary.prod, port: 8080, weight: 2}
+      - {address: "[fd00::1]:8080"}
+    canary: [{dns: orders-canary.prod, port: 8080}]
+"#,
+    )
+    .expect("valid");
+    let s = &c.services[0];
+    assert_eq!(s.family, Family::V6);
+    assert_eq!(
+        s.virtual_addresses,
+        vec![Target::Name(crate::config::NamedTarget {
+            name: "orders.prod.svc.cluster.local.".into(),
+            port: 80
+        })]
+    );
+    assert_eq!(s.stable[0].weight, 2);
+    let names: Vec<String> = c.names().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        vec![
+            "orders-canary.prod",
+            "orders-primary.prod",
+            "orders.prod.svc.cluster.local."
+        ]
+    );
+    assert!(c.names().iter().all(|(_, f)| *f == Family::V6));
+    assert_eq!(c.discovery.min_ttl, std::time::Duration::from_secs(1));
 }
 
 #[test]

@@ -35,6 +35,15 @@ pub struct ApplyReport {
 }
 
 pub fn apply(maps: &mut Maps, desired: &[DesiredService]) -> Result<ApplyReport, DataplaneError> {
+    // Names can resolve to more addresses than any configuration check could foresee.
+    let needed: u64 = desired
+        .iter()
+        .map(|d| (d.stable.len() + d.canary.len()) as u64)
+        .sum();
+    let room = u64::from(sluice_common::MAX_SLOTS / 2);
+    if needed > room {
+        return Err(DataplaneError::TooManySlots { needed, room });
+    }
     let snap = snapshot(maps).map_err(|source| DataplaneError::Read {
         what: "the service, slot and segment maps",
         source,

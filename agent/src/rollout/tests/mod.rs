@@ -58,6 +58,7 @@ fn sample(stable: Vec<u64>, canary: Vec<u64>) -> Vec<ServiceSample> {
         config_ppm: 0,
         http1: true,
         steer: [0; sluice_common::counters::STEER_COUNTERS as usize],
+        backends: [1, 1],
         versions: [stable, canary],
     }]
 }

@@ -209,7 +209,8 @@ fn a_new_canary_set_restarts_from_the_first_step() {
     }
     let path = r.c.state_path().to_owned();
     let mut cfg = config(FAST, &path);
-    cfg.services[0].canary[0].address = "127.0.0.1:8003".parse().expect("test value");
+    cfg.services[0].canary[0].target =
+        crate::config::Target::Address("127.0.0.1:8003".parse().expect("test value"));
     let outcome = r.c.reconcile(&cfg);
     assert_eq!(outcome.weights, vec![("web".to_owned(), 0)]);
     assert_eq!(r.phase(), Phase::Initializing);
