@@ -39,6 +39,17 @@ enum Command {
         /// minutes); writes target/bench-signals/report.json.
         #[arg(long, conflicts_with = "quick")]
         signals: bool,
+        /// Only what following DNS names costs the agent: N services by name against N by
+        /// address, two agents side by side (about a minute); writes
+        /// target/bench-discovery/report.{json,md}.
+        #[arg(long, conflicts_with_all = ["quick", "signals"])]
+        discovery: bool,
+        /// Services a side with --discovery.
+        #[arg(long, default_value_t = 1000, requires = "discovery")]
+        services: u32,
+        /// Seconds measured with --discovery.
+        #[arg(long, default_value_t = 30, requires = "discovery")]
+        window: u64,
         /// Rounds of each way with --signals.
         #[arg(long, default_value_t = 25, requires = "signals")]
         rounds: u32,
@@ -70,11 +81,16 @@ fn main() -> anyhow::Result<()> {
         Command::Bench {
             quick,
             signals,
+            discovery,
+            services,
+            window,
             rounds,
             seconds,
             perf,
         } => {
-            if signals {
+            if discovery {
+                bench::discovery::run(services, window)
+            } else if signals {
                 bench::signals::run(rounds, seconds, perf)
             } else {
                 bench::bench(quick)

@@ -27,6 +27,12 @@ impl DnsServer {
     /// Starts `named` on a free loopback port, answering for [`ZONE`] with records of `ttl`
     /// seconds.
     pub fn start(tag: &str, ttl: u32) -> Self {
+        Self::start_with(tag, ttl, &[])
+    }
+
+    /// As [`DnsServer::start`], with these records in the zone from the start (many names at
+    /// once, without an update each).
+    pub fn start_with(tag: &str, ttl: u32, records: &[(String, Vec<IpAddr>)]) -> Self {
         let dir = std::env::temp_dir().join(format!("sluice-dns-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dns dir");
@@ -37,14 +43,17 @@ impl DnsServer {
             ttl,
             child: None,
         };
-        std::fs::write(
-            server.dir.join("zone.db"),
-            format!(
-                "$TTL {ttl}\n@ IN SOA ns.{ZONE}. admin.{ZONE}. 1 60 60 60 {ttl}\n\
-                 @ IN NS ns.{ZONE}.\nns IN A 127.0.0.1\n"
-            ),
-        )
-        .expect("zone file");
+        let mut zone = format!(
+            "$TTL {ttl}\n@ IN SOA ns.{ZONE}. admin.{ZONE}. 1 60 60 60 {ttl}\n\
+             @ IN NS ns.{ZONE}.\nns IN A 127.0.0.1\n"
+        );
+        for (name, addresses) in records {
+            for a in addresses {
+                let kind = if a.is_ipv4() { "A" } else { "AAAA" };
+                zone.push_str(&format!("{name} IN {kind} {a}\n"));
+            }
+        }
+        std::fs::write(server.dir.join("zone.db"), zone).expect("zone file");
         std::fs::write(server.dir.join("broken.db"), "this is not a zone\n").expect("broken");
         server.run("zone.db");
         server

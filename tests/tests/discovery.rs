@@ -508,3 +508,99 @@ fn a_flapping_answer_loses_no_connection_and_never_half_applies() {
     assert_eq!(agent.counter("web", "slot_missing"), 0);
     assert_eq!(agent.counter("web", "no_backend"), 0);
 }
+
+#[test]
+fn aaaa_records_and_a_named_virtual_address_steer_too() {
+    if !root_or_skip("aaaa_records_and_a_named_virtual_address") {
+        return;
+    }
+    let t = tag("dns-v6");
+    let cg = TestCgroup::new(&t);
+    let dns = DnsServer::start(&t, TTL);
+    // IPv6: the only loopback address is ::1, so one backend, found by its AAAA record.
+    let v6_backend = Backend::start("::1", "v6");
+    dns.set(&DnsServer::name("v6-stable"), &[ip("::1"), ip("127.0.0.1")]);
+    let v6_vip: SocketAddr = format!("[::1]:{}", unused_port("::1"))
+        .parse()
+        .expect("vip");
+    // IPv4, with the virtual address itself given by name (a Service's ClusterIP).
+    let v4_backend = Backend::start("127.0.57.1", "v4");
+    let v4_vip = vip("127.77.57.1");
+    dns.set(&DnsServer::name("web-vip"), &[v4_vip.ip()]);
+    let services = format!(
+        "  - name: v6\n    virtual_addresses: [\"{v6_vip}\"]\n    \
+         stable: [{{dns: \"{}\", port: {}}}]\n  \
+         - name: v4\n    virtual_addresses: [{{dns: \"{}\", port: {}}}]\n    \
+         stable: [{{address: \"{}\"}}]\n",
+        DnsServer::name("v6-stable"),
+        v6_backend.addr.port(),
+        DnsServer::name("web-vip"),
+        v4_vip.port(),
+        v4_backend.addr,
+    );
+    let mut agent = Agent::prepare(&t, &cg, "");
+    agent.write_raw_config(&agent.config_text_with(&cg, &discovery(&dns), &services));
+    agent.spawn();
+    let r = probe(Some(&cg), v6_vip, 200);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.from("v6"), 200, "{:?}", r.replies);
+    assert_eq!(v6_backend.accepted(), 200);
+    let r = probe(Some(&cg), v4_vip, 200);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.from("v4"), 200, "{:?}", r.replies);
+    assert_eq!(
+        r.peer_vip, 200,
+        "getpeername shows the resolved virtual address"
+    );
+    let v4 = agent.service("v4");
+    assert_eq!(v4["virtual_addresses"][0], v4_vip.to_string(), "{v4:#}");
+    // Only the AAAA record is a backend of the IPv6 service.
+    assert_eq!(
+        agent.service("v6")["stable"].as_array().map(Vec::len),
+        Some(1)
+    );
+}
+
+#[test]
+fn a_reload_to_a_name_resolves_it_before_the_kernel_changes() {
+    if !root_or_skip("a_reload_to_a_name_resolves_it_first") {
+        return;
+    }
+    let t = tag("dns-reload");
+    let cg = TestCgroup::new(&t);
+    let dns = DnsServer::start(&t, TTL);
+    let literal = Backend::start("127.0.58.1", "literal");
+    let named = Backend::start("127.0.58.2", "named");
+    dns.set(&DnsServer::name("pods"), &[named.addr.ip()]);
+    let vip = vip("127.77.58.1");
+    let with = |stable: String| {
+        format!("  - name: web\n    virtual_addresses: [\"{vip}\"]\n    stable: [{stable}]\n")
+    };
+    let mut agent = Agent::prepare(&t, &cg, "");
+    let config = |stable: String| agent.config_text_with(&cg, &discovery(&dns), &with(stable));
+    let literal_config = config(format!("{{address: \"{}\"}}", literal.addr));
+    let named_config = config(format!(
+        "{{dns: \"{}\", port: {}}}",
+        DnsServer::name("pods"),
+        named.addr.port()
+    ));
+    agent.write_raw_config(&literal_config);
+    agent.spawn();
+    assert_eq!(probe(Some(&cg), vip, 100).from("literal"), 100);
+    // The first configuration needed no resolver lookups; this one's name is looked up
+    // before it is applied: the first connections after the apply already reach its pod (a
+    // stable version without backends would leave them to the unserved virtual address).
+    agent.write_raw_config(&named_config);
+    agent.signal(libc::SIGHUP);
+    agent.wait_log("configuration applied", 1, Duration::from_secs(10));
+    let r = probe(Some(&cg), vip, 100);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.from("named"), 100, "{:?}", r.replies);
+    // And the agent says so in that order: the name's set, then the apply.
+    let log = agent.log();
+    let resolved = log
+        .find("a name's set changed")
+        .expect("the name's set logged");
+    let applied = log.find("configuration applied").expect("the apply logged");
+    assert!(resolved < applied, "{log}");
+}

@@ -2,8 +2,8 @@
 //! configuration that gives it is applied, then followed, asked again when its TTL runs
 //! out (within `discovery.min_ttl` and `max_ttl`).
 //!
-//! The loop owns the [`Discovered`] table; each name's follower is a task that looks it up
-//! and sends what it found. A changed set goes into the desired state like any other input
+//! The loop owns the [`Discovered`] table; one follower task looks names up when they are
+//! due and sends what it found. A changed set goes into the desired state like any other input
 //! and reaches the kernel through the transactional apply: a new slot generation, so a
 //! connection sees the old set or the new one. A failed or empty lookup never takes a set
 //! away: the last good one stays, and the failure is counted.
@@ -137,7 +137,9 @@ fn refresh(settings: &DiscoveryConfig) -> Refresh {
 pub struct Discovery {
     settings: DiscoveryConfig,
     table: Discovered,
-    followers: BTreeMap<NameKey, follow::Follower>,
+    /// The names followed (the table may hold names a reload has not adopted yet: no).
+    followed: BTreeSet<NameKey>,
+    followers: Option<follow::Followers>,
     tx: mpsc::Sender<(NameKey, Lookup)>,
 }
 
@@ -154,7 +156,8 @@ impl Discovery {
         let mut d = Self {
             settings: config.discovery.clone(),
             table: Discovered::default(),
-            followers: BTreeMap::new(),
+            followed: BTreeSet::new(),
+            followers: None,
             tx,
         };
         d.adopt(prepared);
@@ -182,7 +185,7 @@ impl Discovery {
     pub fn known(&self) -> Known {
         Known {
             settings: self.settings.clone(),
-            names: self.followers.keys().cloned().collect(),
+            names: self.followed.clone(),
         }
     }
 
@@ -198,35 +201,36 @@ impl Discovery {
             log_result(key, self.table.get(key), lookup, r.set_changed);
             first_next.insert(key.clone(), r.next);
         }
-        // Every follower starts again with this resolver; a name already followed keeps
-        // its schedule.
-        self.followers.clear();
-        if let Some(resolver) = &p.resolver {
-            for key in &p.names {
-                let delay = first_next.get(key).copied().unwrap_or_else(|| {
-                    self.table
-                        .get(key)
-                        .and_then(|s| s.next_lookup)
-                        .map_or(Duration::ZERO, |at| at.saturating_duration_since(now))
-                });
-                let follower = follow::Follower::spawn(
-                    key.clone(),
-                    resolver.clone(),
-                    refresh,
-                    delay,
-                    self.table.get(key).map_or(0, |s| s.failures_in_a_row),
-                    self.tx.clone(),
-                );
-                self.followers.insert(key.clone(), follower);
-            }
-        }
+        // The followers start again with this resolver; a name already followed keeps its
+        // schedule and its back-off.
+        self.followers = p.resolver.as_ref().map(|resolver| {
+            let names = p
+                .names
+                .iter()
+                .map(|key| {
+                    let state = self.table.get(key);
+                    let delay = first_next.get(key).copied().unwrap_or_else(|| {
+                        state
+                            .and_then(|s| s.next_lookup)
+                            .map_or(Duration::ZERO, |at| at.saturating_duration_since(now))
+                    });
+                    follow::Follow {
+                        key: key.clone(),
+                        delay,
+                        failures_in_a_row: state.map_or(0, |s| s.failures_in_a_row),
+                    }
+                })
+                .collect();
+            follow::Followers::spawn(names, resolver.clone(), refresh, self.tx.clone())
+        });
+        self.followed.clone_from(&p.names);
         self.settings = p.settings;
     }
 
     /// Records a follower's lookup; says whether a set changed. Lookups of names no longer
     /// followed (sent before a reload dropped them) are ignored.
     pub fn record(&mut self, key: &NameKey, lookup: &Lookup) -> bool {
-        if !self.followers.contains_key(key) {
+        if !self.followed.contains(key) {
             return false;
         }
         let r = self

@@ -5,6 +5,7 @@
 //! direct path measured in the same run.
 
 mod agents;
+pub mod discovery;
 mod env;
 mod host;
 mod kernel_time;
@@ -48,6 +49,9 @@ struct Plan {
     scale: Vec<u32>,
     weight_repeats: u32,
     idle_seconds: u64,
+    /// Named services of the discovery round, and its window.
+    discovery_services: u32,
+    discovery_seconds: u64,
 }
 
 impl Plan {
@@ -64,6 +68,8 @@ impl Plan {
                 scale: vec![1, 100],
                 weight_repeats: 1,
                 idle_seconds: 1,
+                discovery_services: 20,
+                discovery_seconds: 2,
             }
         } else {
             // Many short rounds rather than a few long ones: the ratios are medians of
@@ -79,6 +85,8 @@ impl Plan {
                 scale: vec![1, 100, 1000, 10_000],
                 weight_repeats: 5,
                 idle_seconds: 10,
+                discovery_services: 1000,
+                discovery_seconds: 30,
             }
         }
     }
@@ -386,6 +394,14 @@ fn measure_all(
         }
     }
     paths::load_iptables(env, 0)?;
+
+    // 7. What following names costs: last, as its two agents stay until the end.
+    eprintln!(
+        "bench: discovery, {} named services against as many literal ones",
+        plan.discovery_services
+    );
+    results["discovery"] =
+        discovery::measure(env, sluice, plan.discovery_services, plan.discovery_seconds)?;
 
     // 1. Kernel time per call of each hook, by the kind of round it ran in.
     let mut hooks = Vec::new();

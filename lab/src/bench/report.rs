@@ -381,6 +381,7 @@ pub fn markdown(r: &Value) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    discovery(&mut o, &r["discovery"]);
 
     let _ = writeln!(
         o,
@@ -405,4 +406,48 @@ pub fn markdown(r: &Value) -> String {
         );
     }
     o
+}
+
+/// Two agents side by side: N services with literal backends, and N whose every set is a
+/// DNS name.
+pub fn discovery(o: &mut String, d: &Value) {
+    if d.is_null() {
+        return;
+    }
+    let use_of = |name: &str, key: &str| d[name]["usage"][key].clone();
+    let _ = writeln!(
+        o,
+        "\n## Discovery: {} services by name against {} by address\n\n\
+         Two steering-only agents over the same {} s: one with every stable and canary set a DNS \
+         name ({} names, 2 addresses each, TTL {} s, BIND on loopback), one with the same \
+         addresses written in.\n",
+        n(&d["services"]),
+        n(&d["services"]),
+        n(&d["seconds"]),
+        n(&d["names"]),
+        n(&d["ttl_seconds"])
+    );
+    let _ = writeln!(
+        o,
+        "| agent | CPU, % of a core | RSS, KiB | start to answering, s |\n|---|---|---|---|"
+    );
+    for name in ["literal", "named"] {
+        let _ = writeln!(
+            o,
+            "| {name} | {} | {} | {} |",
+            f(&use_of(name, "cpu_percent_of_a_core"), 2),
+            n(&use_of(name, "rss_kib")),
+            f(&d[name]["start_seconds"], 2)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nNamed against literal: CPU ×{} (+{} % of a core), RSS ×{} (+{} KiB), for {} \
+         lookups a second.",
+        f(&d["cpu_ratio"], 2),
+        f(&d["cpu_percent_added"], 2),
+        f(&d["rss_ratio"], 3),
+        f(&d["rss_kib_added"], 0),
+        f(&d["lookups_per_second"], 0)
+    );
 }
