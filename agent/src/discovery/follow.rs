@@ -4,7 +4,10 @@
 //! the lookup is in flight, so memory follows the lookups under way, not the names.
 //! Dropping the handle stops it.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use tokio::{
     sync::mpsc,
@@ -12,7 +15,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::{Lookup, NameKey, Refresh, Resolver};
+use super::{Failure, Lookup, NameKey, Refresh, Resolver};
 
 /// Most lookups in flight at once: enough for thousands of names at a 5 s TTL on a healthy
 /// server, and a bound on what a struggling one is sent.
@@ -60,6 +63,9 @@ async fn follow(
         seq += 1;
     }
     let mut in_flight = JoinSet::new();
+    // Which name each lookup in flight is for, so that a lookup that panicked is still
+    // rescheduled (as a failure) and its name never silently dropped.
+    let mut asked: HashMap<tokio::task::Id, (NameKey, u64)> = HashMap::new();
     loop {
         let next = due.first_key_value().map(|((at, _), _)| *at);
         let room = in_flight.len() < MAX_IN_FLIGHT;
@@ -71,15 +77,17 @@ async fn follow(
                     && entry.key().0 <= now
                 {
                     let (key, failures) = entry.remove();
-                    let r = resolver.clone();
-                    in_flight.spawn(async move {
-                        let lookup = r.lookup(&key.0, key.1).await;
-                        (key, failures, lookup)
-                    });
+                    let (r, name) = (resolver.clone(), key.clone());
+                    let task = in_flight.spawn(async move { r.lookup(&name.0, name.1).await });
+                    asked.insert(task.id(), (key, failures));
                 }
             }
-            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                let Ok((key, failures, lookup)) = done else { continue };
+            Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                let (id, lookup) = match done {
+                    Ok((id, lookup)) => (id, lookup),
+                    Err(e) => (e.id(), Lookup::Failed(Failure::Error)),
+                };
+                let Some((key, failures)) = asked.remove(&id) else { continue };
                 let failures = match lookup {
                     Lookup::Answer { .. } => 0,
                     Lookup::Failed(_) => failures + 1,
