@@ -162,15 +162,20 @@ fn rollout_details(r: &RolloutStatus) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let steps: Vec<String> = r.steps_percent.iter().map(|p| format!("{p}%")).collect();
+    let in_all = match r.max_failed_analyses {
+        Some(max) => format!("{}/{max}", r.failed_checks),
+        None => r.failed_checks.to_string(),
+    };
     let _ = writeln!(
         out,
-        "rollout: {}  step {} of {} [{}]  canary share {}%  failed analyses {}/{}  promotion {}",
+        "rollout: {}  step {} of {} [{}]  canary share {}%  failed analyses {}/{} in a row, \
+         {in_all} in all  promotion {}",
         r.phase.name(),
         r.step,
         r.steps_percent.len(),
         steps.join(" "),
         r.weight_percent,
-        r.failed_checks,
+        r.failed_in_a_row,
         r.failure_threshold,
         r.promotion,
     );

@@ -169,6 +169,8 @@ pub struct RawRollout {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_threshold: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_failed_analyses: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_deadline: Option<String>,

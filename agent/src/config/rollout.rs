@@ -24,8 +24,12 @@ pub struct RolloutConfig {
     /// Samples (HTTP requests, or connections for `l7: none`) each version needs in a window
     /// before it can be judged. Fewer: the window grows (Waiting), it never passes.
     pub min_samples: u64,
-    /// Failed analyses that roll the canary back.
+    /// Failed analyses in a row that roll the canary back (a passing analysis resets the
+    /// count).
     pub failure_threshold: u32,
+    /// Failed analyses in all, passes between them or not, that roll it back (`None`: no
+    /// such limit).
+    pub max_failed_analyses: Option<u32>,
     /// Longest time one step may wait for conclusive evidence.
     pub deadline: Duration,
     pub on_deadline: OnDeadline,
@@ -107,6 +111,24 @@ pub(super) fn rollout(
     )?;
     let failure_threshold = u32::try_from(failure_threshold)
         .map_err(|_| ConfigError::invalid(format!("{key}.failure_threshold"), "is too large"))?;
+    let max_failed_analyses = raw
+        .max_failed_analyses
+        .map(|n| {
+            let k = format!("{key}.max_failed_analyses");
+            let n = u32::try_from(positive(&k, Some(n), 0)?)
+                .map_err(|_| ConfigError::invalid(&k, "is too large"))?;
+            if n < failure_threshold {
+                return Err(ConfigError::invalid(
+                    k,
+                    format!(
+                        "{n} is below failure_threshold ({failure_threshold}): the limit in a row \
+                         could never be reached"
+                    ),
+                ));
+            }
+            Ok(n)
+        })
+        .transpose()?;
     let deadline = match &raw.deadline {
         None => Duration::from_secs(600).max(interval),
         Some(t) => duration(&format!("{key}.deadline"), t)?,
@@ -152,6 +174,7 @@ pub(super) fn rollout(
         interval,
         min_samples,
         failure_threshold,
+        max_failed_analyses,
         deadline,
         on_deadline,
         promotion,
@@ -286,6 +309,14 @@ fn checks(key: &str, raw: Option<RawChecks>, http1: bool) -> Result<Checks, Conf
             format!("{r}: must be at least 1"),
         ));
     }
+    if raw.max_error_increase_percent == Some(0.0) {
+        return Err(ConfigError::invalid(
+            format!("{key}.max_error_increase_percent"),
+            "0 passes only a canary measurably better than stable: next to an error-free \
+             stable, an error-free canary would never pass (the interval of the difference \
+             always reaches above 0); give a margin above 0 (the default is 1)",
+        ));
+    }
     let checks = Checks {
         min_success: fraction("min_success_percent", raw.min_success_percent)?,
         max_p99_ttfb,
@@ -319,11 +350,14 @@ fn guard(key: &str, raw: Option<RawGuard>) -> Result<Guard, ConfigError> {
     let last = positive(&format!("{key}.last"), raw.last, 20)?;
     let max_failures = match raw.max_failures {
         None => last / 2,
-        Some(n) if (0..=i64::try_from(last).unwrap_or(i64::MAX)).contains(&n) => n as u64,
+        Some(n) if (0..i64::try_from(last).unwrap_or(i64::MAX)).contains(&n) => n as u64,
         Some(n) => {
             return Err(ConfigError::invalid(
                 format!("{key}.max_failures"),
-                format!("{n} is out of range 0..={last}"),
+                format!(
+                    "{n} is out of range 0..{last}: the guard trips on more than max_failures \
+                     of the last {last} attempts, so at {last} or more it could never trip"
+                ),
             ));
         }
     };
@@ -354,6 +388,7 @@ mod tests {
             interval: None,
             min_samples: None,
             failure_threshold: None,
+            max_failed_analyses: None,
             deadline: None,
             on_deadline: None,
             promotion: None,

@@ -35,9 +35,15 @@ pub(super) fn rollout_series(f: &mut Families, service: &str, r: &RolloutStatus)
     );
     f.gauge(
         "sluice_rollout_failed_analyses",
-        "Failed analyses in this rollout; failure_threshold of them roll it back.",
+        "Failed analyses in this rollout, in all; max_failed_analyses of them (if set) roll it back.",
         one(),
         f64::from(r.failed_checks),
+    );
+    f.gauge(
+        "sluice_rollout_failed_analyses_in_a_row",
+        "Failed analyses since the last that passed; failure_threshold of them roll the rollout back.",
+        one(),
+        f64::from(r.failed_in_a_row),
     );
     for action in Action::ALL {
         f.counter(

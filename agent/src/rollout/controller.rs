@@ -300,6 +300,7 @@ fn fresh_state(fingerprint: String, now: Moment) -> RolloutState {
         step: 0,
         weight_ppm: 0,
         failed_checks: 0,
+        failed_in_a_row: 0,
         started_unix_ms: now.unix_ms,
         step_started_unix_ms: now.unix_ms,
         decisions: VecDeque::new(),

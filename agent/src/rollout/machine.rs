@@ -213,6 +213,9 @@ impl Rollout {
         results: Vec<CheckResult>,
         out: &mut Outcome,
     ) {
+        // A passing analysis ends a run of failures: only failures in a row roll back (and,
+        // if set, `max_failed_analyses` in all).
+        self.state.failed_in_a_row = 0;
         let steps = self.config.steps_ppm.len();
         let step = self.state.step;
         if step + 1 < steps {
@@ -274,18 +277,28 @@ impl Rollout {
         out: &mut Outcome,
     ) {
         self.state.failed_checks += 1;
+        self.state.failed_in_a_row += 1;
         let failed: Vec<&str> = results
             .iter()
             .filter(|r| r.verdict == Verdict::Fail)
             .map(|r| r.check.name())
             .collect();
+        let in_all = match self.config.max_failed_analyses {
+            Some(max) => format!("; {} of {max} in all", self.state.failed_checks),
+            None => String::new(),
+        };
         let reason = format!(
-            "failed: {} ({} of {} failed analyses allowed)",
+            "failed: {} ({} of {} failed analyses in a row{in_all})",
             failed.join(", "),
-            self.state.failed_checks,
+            self.state.failed_in_a_row,
             self.config.failure_threshold
         );
-        if self.state.failed_checks >= self.config.failure_threshold {
+        let too_many = self.state.failed_in_a_row >= self.config.failure_threshold
+            || self
+                .config
+                .max_failed_analyses
+                .is_some_and(|max| self.state.failed_checks >= max);
+        if too_many {
             self.roll_back(name, now, Action::Rollback, reason, results);
             out.steer(name, 0);
         } else {

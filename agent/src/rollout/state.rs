@@ -26,7 +26,11 @@ pub struct RolloutState {
     /// Index into the steps.
     pub step: usize,
     pub weight_ppm: u32,
+    /// Failed analyses over the rollout's life.
     pub failed_checks: u32,
+    /// Failed analyses since the last one that passed.
+    #[serde(default)]
+    pub failed_in_a_row: u32,
     pub started_unix_ms: u64,
     /// When the current step (or its current wait) began: the deadline counts from here.
     pub step_started_unix_ms: u64,

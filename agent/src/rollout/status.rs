@@ -50,7 +50,9 @@ pub(super) fn status(r: &Rollout) -> RolloutStatus {
             .collect(),
         weight_percent: ppm_to_percent(s.weight_ppm),
         failed_checks: s.failed_checks,
+        failed_in_a_row: s.failed_in_a_row,
         failure_threshold: r.config.failure_threshold,
+        max_failed_analyses: r.config.max_failed_analyses,
         interval_seconds: r.config.interval.as_secs_f64(),
         min_samples: r.config.min_samples,
         promotion: match r.config.promotion {

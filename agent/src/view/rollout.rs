@@ -239,8 +239,15 @@ pub struct RolloutStatus {
     pub step: usize,
     pub steps_percent: Vec<f64>,
     pub weight_percent: f64,
+    /// Failed analyses over the rollout's life.
     pub failed_checks: u32,
+    /// Failed analyses since the last that passed; `failure_threshold` of them roll back.
+    #[serde(default)]
+    pub failed_in_a_row: u32,
     pub failure_threshold: u32,
+    /// Failed analyses in all that roll back, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failed_analyses: Option<u32>,
     pub interval_seconds: f64,
     pub min_samples: u64,
     pub promotion: String,

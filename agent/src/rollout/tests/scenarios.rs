@@ -286,3 +286,62 @@ fn changed_steps_move_a_stepping_rollout_to_its_steps_new_share() {
         "same canary set, same rollout"
     );
 }
+
+/// Four ticks: one interval of `FAST`-like timing, failing (8 % canary errors) or healthy.
+fn interval(r: &mut Run, failing: bool) {
+    for _ in 0..4 {
+        if failing {
+            r.tick(750, 100, 8, 0);
+        } else {
+            r.tick(250, 125, 0, 0);
+        }
+    }
+}
+
+const THREE_STEPS: &str = "      steps: [10, 30, 50]
+      interval: 1s
+      min_samples: 100
+      failure_threshold: 2";
+
+#[test]
+fn only_failures_in_a_row_roll_back() {
+    let (mut r, _d) = Run::new(THREE_STEPS);
+    r.tick(0, 0, 0, 0);
+    // fail, pass (step 2), fail: two failed analyses, never two in a row.
+    interval(&mut r, true);
+    assert_eq!(r.actions().last(), Some(&Action::CheckFailed));
+    interval(&mut r, false);
+    assert_eq!(r.actions().last(), Some(&Action::StepUp));
+    assert_eq!(r.c.rollouts["web"].state.failed_in_a_row, 0);
+    interval(&mut r, true);
+    assert_eq!(r.actions().last(), Some(&Action::CheckFailed));
+    let state = &r.c.rollouts["web"].state;
+    assert_eq!((state.failed_checks, state.failed_in_a_row), (2, 1));
+    let status = r.c.status("web").expect("status");
+    assert_eq!((status.failed_checks, status.failed_in_a_row), (2, 1));
+    for _ in 0..10 {
+        interval(&mut r, false);
+    }
+    assert_eq!(r.phase(), Phase::Succeeded, "{:?}", r.actions());
+    // And two in a row do roll back.
+    let (mut r, _d) = Run::new(THREE_STEPS);
+    r.tick(0, 0, 0, 0);
+    interval(&mut r, true);
+    interval(&mut r, true);
+    assert_eq!(r.phase(), Phase::RolledBack, "{:?}", r.actions());
+}
+
+#[test]
+fn max_failed_analyses_limits_them_in_all() {
+    let (mut r, _d) = Run::new(&format!("{THREE_STEPS}\n      max_failed_analyses: 2"));
+    r.tick(0, 0, 0, 0);
+    interval(&mut r, true);
+    interval(&mut r, false);
+    interval(&mut r, true);
+    assert_eq!(r.phase(), Phase::RolledBack, "{:?}", r.actions());
+    let reason = &r.c.rollouts["web"].state.reason;
+    assert!(
+        reason.contains("1 of 2 failed analyses in a row; 2 of 2 in all"),
+        "{reason}"
+    );
+}
