@@ -171,6 +171,8 @@ pub struct RawRollout {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_failed_analyses: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail_fast: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_deadline: Option<String>,

@@ -30,6 +30,9 @@ pub struct RolloutConfig {
     /// Failed analyses in all, passes between them or not, that roll it back (`None`: no
     /// such limit).
     pub max_failed_analyses: Option<u32>,
+    /// Between analyses, fail the canary at once when a sequential test on its errors finds
+    /// overwhelming evidence (with the error-rate comparison only).
+    pub fail_fast: bool,
     /// Longest time one step may wait for conclusive evidence.
     pub deadline: Duration,
     pub on_deadline: OnDeadline,
@@ -175,6 +178,7 @@ pub(super) fn rollout(
         min_samples,
         failure_threshold,
         max_failed_analyses,
+        fail_fast: raw.fail_fast.unwrap_or(true),
         deadline,
         on_deadline,
         promotion,
@@ -389,6 +393,7 @@ mod tests {
             min_samples: None,
             failure_threshold: None,
             max_failed_analyses: None,
+            fail_fast: None,
             deadline: None,
             on_deadline: None,
             promotion: None,

@@ -11,6 +11,7 @@ use super::{
     clock::Moment,
     evidence::{self, Evidence},
     guard::GuardWindow,
+    sequential::overwhelming,
     state::RolloutState,
 };
 use crate::{
@@ -132,7 +133,13 @@ impl Rollout {
                 );
                 out.steer(name, 0);
             }
-            Phase::Progressing | Phase::Waiting => self.analyse_if_due(name, now, reading, out),
+            Phase::Progressing | Phase::Waiting => {
+                if self.fails_fast(name, now, reading) {
+                    out.steer(name, 0);
+                    return;
+                }
+                self.analyse_if_due(name, now, reading, out);
+            }
             Phase::Paused | Phase::Succeeded | Phase::RolledBack | Phase::Failed => {}
         }
     }
@@ -163,6 +170,53 @@ impl Rollout {
             ),
         };
         self.roll_back(name, now, Action::GuardRollback, reason, vec![evidence]);
+        true
+    }
+
+    /// The sequential test on the window so far; overwhelming evidence rolls back now.
+    fn fails_fast(&mut self, name: &str, now: Moment, reading: &Reading) -> bool {
+        let (Some(margin), true) = (self.config.checks.max_error_increase, self.config.fail_fast)
+        else {
+            return false;
+        };
+        let Some((_, start)) = &self.window else {
+            return false;
+        };
+        let stable = Evidence::between(&start[0], &reading[0], self.http1);
+        let canary = Evidence::between(&start[1], &reading[1], self.http1);
+        let Some(o) = overwhelming(&stable, &canary, margin) else {
+            return false;
+        };
+        let detail = format!(
+            "canary {}/{} errors, stable {}/{}: the likelihood of an error rate of {:.2}% \
+             (stable's plus twice the margin) against {:.2}% (plus the margin) reached \
+             e^{:.1}, past e^{:.1} (one chance in {:.0} at the margin, however often it is \
+             looked at)",
+            canary.errors,
+            canary.samples,
+            stable.errors,
+            stable.samples,
+            100.0 * o.alternative,
+            100.0 * o.null,
+            o.log_ratio,
+            o.threshold,
+            1.0 / super::sequential::ALPHA,
+        );
+        let evidence = CheckResult {
+            check: Check::ErrorRateSequential,
+            verdict: Verdict::Fail,
+            value: Some(o.log_ratio),
+            threshold: o.threshold,
+            unit: Unit::LogRatio,
+            samples: [stable.samples, canary.samples],
+            detail,
+        };
+        let reason = format!(
+            "failed early: {} errors in {} canary samples is overwhelming evidence of an error \
+             rate above stable's plus the margin",
+            canary.errors, canary.samples
+        );
+        self.roll_back(name, now, Action::Rollback, reason, vec![evidence]);
         true
     }
 

@@ -20,6 +20,7 @@ mod evidence;
 mod guard;
 mod log;
 mod machine;
+mod sequential;
 mod state;
 mod stats;
 mod status;

@@ -176,6 +176,9 @@ pub enum Check {
     P99Ratio,
     /// The fast guard between analyses: recent canary failures.
     Guard,
+    /// Between analyses: a sequential test on the canary's errors over the window, which
+    /// can only fail it.
+    ErrorRateSequential,
 }
 
 impl Check {
@@ -188,6 +191,7 @@ impl Check {
             Check::ErrorRateIncrease => "error_rate_increase",
             Check::P99Ratio => "p99_ratio",
             Check::Guard => "guard",
+            Check::ErrorRateSequential => "error_rate_sequential",
         }
     }
 }
@@ -202,6 +206,8 @@ pub enum Unit {
     /// A multiple (canary over stable).
     Factor,
     Count,
+    /// The natural log of a likelihood ratio.
+    LogRatio,
 }
 
 impl Unit {
@@ -212,6 +218,7 @@ impl Unit {
             Unit::Ratio => format!("{:.2}%", 100.0 * v),
             Unit::Count => format!("{v:.0}"),
             Unit::Factor => format!("{v:.2}x"),
+            Unit::LogRatio => format!("e^{v:.1}"),
         }
     }
 }

@@ -82,11 +82,16 @@ fn both_versions_slowed_alike_do_not_fail_the_canary() {
 }
 
 #[test]
-fn the_limit_is_raised_to_a_bucket_bound() {
-    // 2 x 7 ms = 14 ms, between the 10 ms and 25 ms bounds: counted above 25 ms.
+fn the_limit_is_lowered_to_a_bucket_bound() {
+    // 2 x 7 ms = 14 ms, between the 10 ms and 25 ms bounds: counted above 10 ms.
     let (bound, above) = above_bound(std::time::Duration::from_millis(14));
-    assert_eq!(bound, Some(std::time::Duration::from_millis(25)));
-    assert_eq!(above as u32, bucket_of(25_000_001));
-    let (none, inf) = above_bound(std::time::Duration::from_secs(60));
-    assert_eq!((none, inf as u32), (None, BUCKETS - 1));
+    assert_eq!(bound, std::time::Duration::from_millis(10));
+    assert_eq!(above as u32, bucket_of(10_000_001));
+    let (last, inf) = above_bound(std::time::Duration::from_secs(60));
+    assert_eq!(
+        (last, inf as u32),
+        (std::time::Duration::from_secs(10), BUCKETS - 1)
+    );
+    let (first, _) = above_bound(std::time::Duration::from_micros(3));
+    assert_eq!(first, std::time::Duration::from_micros(10));
 }

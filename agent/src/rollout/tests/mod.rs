@@ -167,3 +167,4 @@ impl Run {
 }
 
 mod scenarios;
+mod simulation;

@@ -298,10 +298,12 @@ fn interval(r: &mut Run, failing: bool) {
     }
 }
 
+/// Failing early is off: these tests count failed analyses.
 const THREE_STEPS: &str = "      steps: [10, 30, 50]
       interval: 1s
       min_samples: 100
-      failure_threshold: 2";
+      failure_threshold: 2
+      fail_fast: false";
 
 #[test]
 fn only_failures_in_a_row_roll_back() {
@@ -344,4 +346,34 @@ fn max_failed_analyses_limits_them_in_all() {
         reason.contains("1 of 2 failed analyses in a row; 2 of 2 in all"),
         "{reason}"
     );
+}
+
+#[test]
+fn overwhelming_evidence_fails_the_canary_before_the_analysis() {
+    let (mut r, _d) = Run::new("      steps: [25, 50]\n      interval: 30s");
+    r.tick(0, 0, 0, 0);
+    // 20 % of the canary's requests fail, a 25 % share of 250 requests a second.
+    let mut ticks = 0;
+    while r.phase() != Phase::RolledBack && ticks < 120 {
+        r.tick(47, 16, 3, 0);
+        ticks += 1;
+    }
+    assert_eq!(r.phase(), Phase::RolledBack, "{:?}", r.actions());
+    assert!(ticks <= 12, "rolled back after {ticks} ticks: within 3 s");
+    let last = r.c.rollouts["web"]
+        .state
+        .decisions
+        .back()
+        .expect("a decision")
+        .clone();
+    assert_eq!(last.action, Action::Rollback);
+    assert_eq!(last.checks[0].check, Check::ErrorRateSequential);
+    // Without it, the same canary waits for the 30 s analysis.
+    let (mut r, _d) =
+        Run::new("      steps: [25, 50]\n      interval: 30s\n      fail_fast: false");
+    r.tick(0, 0, 0, 0);
+    for _ in 0..12 {
+        r.tick(47, 16, 3, 0);
+    }
+    assert_eq!(r.phase(), Phase::Progressing);
 }
