@@ -171,15 +171,20 @@ fn serve(
             thread::sleep(delay);
         }
         let response = format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nok");
-        if out.write_all(response.as_bytes()).is_err() {
-            return;
-        }
+        // Counted before it is written, so that a client that has read it always finds it
+        // counted; taken back if the write fails.
         *seen
             .lock()
             .expect("seen")
             .responses
             .entry(status)
             .or_default() += 1;
+        if out.write_all(response.as_bytes()).is_err() {
+            if let Some(n) = seen.lock().expect("seen").responses.get_mut(&status) {
+                *n -= 1;
+            }
+            return;
+        }
     }
 }
 

@@ -226,9 +226,12 @@ fn prometheus_scrapes_and_promql_sees_success_rate_and_p99() {
          (sluice_http_response_first_byte_seconds_bucket{service=\"web\"}))",
     );
     eprintln!("p99 time to first byte: {p99:?}");
+    // The canary answers after 20 ms: its p99 lies in the (10, 25] ms bucket, or in the next
+    // one when one of its ~100 answers comes 5 ms late on a loaded machine (with so few
+    // requests the p99 is the slowest one or two).
     assert!(
-        p99["canary"] > 0.010 && p99["canary"] <= 0.025,
-        "canary p99 in (10 ms, 25 ms]: {p99:?}"
+        p99["canary"] > 0.010 && p99["canary"] <= 0.050,
+        "canary p99 in (10 ms, 50 ms]: {p99:?}"
     );
     // Stable adds no delay: its p99 stays below the canary's range. (With about 90 stable
     // requests their p99 is the slowest one or two, and on a loaded machine one loopback
