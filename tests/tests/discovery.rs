@@ -63,24 +63,36 @@ fn vip(ipv4: &str) -> SocketAddr {
         .expect("vip")
 }
 
+/// The service `web`'s canary name as `sluice status` shows it (null before it has one).
+fn canary_name(agent: &Agent) -> serde_json::Value {
+    agent.service("web")["names"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|x| x["role"] == "canary")
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A per-version series of the service `web`, as its `/metrics` shows it now.
+fn web_series(agent: &Agent, name: &str, version: &str, extra: &[(&str, &str)]) -> u64 {
+    let (scraped, _) = Scraped::fetch(agent.metrics_addr());
+    let mut labels = vec![("service", "web"), ("version", version)];
+    labels.extend_from_slice(extra);
+    scraped.get(name, &labels)
+}
+
 /// Waits until `sluice status` shows the service's canary name resolving to `n` addresses.
 fn wait_canary_addresses(agent: &Agent, n: usize, timeout: Duration) -> Duration {
     let start = Instant::now();
     loop {
-        let names = agent.service("web")["names"].clone();
-        let canary = names
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|x| x["role"] == "canary")
-            .cloned()
-            .unwrap_or_default();
+        let canary = canary_name(agent);
         if canary["addresses"].as_array().is_some_and(|a| a.len() == n) {
             return start.elapsed();
         }
         assert!(
             start.elapsed() < timeout,
-            "the canary name never resolved to {n} addresses: {names:#}\nlog:\n{}",
+            "the canary name never resolved to {n} addresses: {canary:#}\nlog:\n{}",
             agent.log()
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -205,21 +217,8 @@ fn a_canary_scaling_up_and_down_is_followed_within_a_ttl_and_stays_one_rollout()
     assert_eq!(rollout_decisions(&agent), before);
 
     // sluice_backends counts what the kernel holds.
-    let (scraped, _) = Scraped::fetch(agent.metrics_addr());
-    assert_eq!(
-        scraped.get(
-            "sluice_backends",
-            &[("service", "web"), ("version", "canary")]
-        ),
-        2
-    );
-    assert_eq!(
-        scraped.get(
-            "sluice_backends",
-            &[("service", "web"), ("version", "stable")]
-        ),
-        1
-    );
+    assert_eq!(web_series(&agent, "sluice_backends", "canary", &[]), 2);
+    assert_eq!(web_series(&agent, "sluice_backends", "stable", &[]), 1);
 }
 
 #[test]
@@ -261,24 +260,12 @@ fn a_dns_outage_servfail_and_empty_answer_keep_the_last_good_set() {
         }
     };
     let lookups = |result: &str| {
-        let (scraped, _) = Scraped::fetch(agent.metrics_addr());
-        scraped.get(
+        web_series(
+            &agent,
             "sluice_discovery_lookups_total",
-            &[
-                ("service", "web"),
-                ("version", "canary"),
-                ("result", result),
-            ],
+            "canary",
+            &[("result", result)],
         )
-    };
-    let canary_name = || {
-        agent.service("web")["names"]
-            .as_array()
-            .expect("names")
-            .iter()
-            .find(|n| n["role"] == "canary")
-            .cloned()
-            .expect("canary name")
     };
     // Until the count of `results` grows by at least two lookups (a retry included).
     let wait_failures = |results: &[&str]| {
@@ -289,7 +276,7 @@ fn a_dns_outage_servfail_and_empty_answer_keep_the_last_good_set() {
             assert!(
                 Instant::now() < end,
                 "no {results:?} lookups counted: {:#}",
-                canary_name()
+                canary_name(&agent)
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -299,7 +286,7 @@ fn a_dns_outage_servfail_and_empty_answer_keep_the_last_good_set() {
     // 1. Nothing answers.
     dns.stop();
     wait_failures(&["timeout", "unreachable"]);
-    let n = canary_name();
+    let n = canary_name(&agent);
     assert_eq!(n["addresses"].as_array().map(Vec::len), Some(2), "{n:#}");
     assert!(n["failures_in_a_row"].as_u64() >= Some(2), "{n:#}");
     steer_as_before("server stopped");
@@ -314,24 +301,14 @@ fn a_dns_outage_servfail_and_empty_answer_keep_the_last_good_set() {
     dns.set(&DnsServer::name("canary"), &[ip("fd00::53")]);
     wait_failures(&["empty"]);
     steer_as_before("empty answer");
-    let n = canary_name();
+    let n = canary_name(&agent);
     assert_eq!(n["result"], "empty", "{n:#}");
     assert_eq!(n["addresses"].as_array().map(Vec::len), Some(2), "{n:#}");
-    let (scraped, _) = Scraped::fetch(agent.metrics_addr());
     assert_eq!(
-        scraped.get(
-            "sluice_discovery_names_failing",
-            &[("service", "web"), ("version", "canary")]
-        ),
+        web_series(&agent, "sluice_discovery_names_failing", "canary", &[]),
         1
     );
-    assert_eq!(
-        scraped.get(
-            "sluice_backends",
-            &[("service", "web"), ("version", "canary")]
-        ),
-        2
-    );
+    assert_eq!(web_series(&agent, "sluice_backends", "canary", &[]), 2);
     // One log line per change of result, not one per failed lookup: stopped, servfail,
     // empty (each failed two or more times).
     let failed_lines = agent

@@ -65,7 +65,9 @@ pub fn desired_state(
     rollouts: &RolloutShares,
     resolved: &Resolved,
 ) -> Vec<DesiredService> {
-    let literal_vips: std::collections::HashSet<VipKey> = config
+    // Literal virtual addresses are the configuration's (unique, checked); a resolved one
+    // is taken by the first service that names it and is not already a literal one.
+    let mut claimed: std::collections::HashSet<VipKey> = config
         .services
         .iter()
         .flat_map(|s| &s.virtual_addresses)
@@ -74,7 +76,6 @@ pub fn desired_state(
             crate::config::Target::Name(_) => None,
         })
         .collect();
-    let mut claimed = literal_vips.clone();
     let mut out: Vec<DesiredService> = config
         .services
         .iter()
