@@ -13,7 +13,7 @@ pub mod slots;
 pub mod steer;
 
 /// Version of the pinned-map layout. An agent refuses to adopt pins made with another one.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Most services one node can steer. Service ids index per-CPU counter arrays.
 pub const MAX_SERVICES: u32 = 16_384;

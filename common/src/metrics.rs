@@ -7,9 +7,10 @@
 /// Services (the lowest ids, which the agent hands out first) whose metrics live in the
 /// per-CPU array. The verifier turns an array lookup into an address computation, where a
 /// hash lookup hashes and compares the key: about 70 ns a lookup here, two a keep-alive
-/// request. 256 services cost 512 KiB a CPU, allocated up front; a node with more services
+/// request. A (service, version) is 4 KiB a CPU (the log-linear latency histograms are most
+/// of it), so 64 services cost 512 KiB a CPU, allocated up front; a node with more services
 /// keeps the rest in the hash, which allocates per live service.
-pub const ARRAY_METRICS_SERVICES: u32 = 256;
+pub const ARRAY_METRICS_SERVICES: u32 = 64;
 pub const ARRAY_METRICS_ENTRIES: u32 = ARRAY_METRICS_SERVICES * crate::maps::VERSIONS;
 
 /// Index in `SLUICE_METRICS_ARRAY` of a (service, version), if it lives there.
@@ -78,8 +79,12 @@ pub const HTTP_UNPARSEABLE_REQUESTS: u32 = HTTP_INCOMPLETE + 1;
 /// Data answering a request that does not start with `HTTP/1.x NNN`.
 pub const HTTP_UNPARSEABLE_RESPONSES: u32 = HTTP_UNPARSEABLE_REQUESTS + 1;
 
-// === Histograms: BUCKETS cumulative-free bucket counts, then the sum in nanoseconds ===
-/// Upper bounds in nanoseconds (1-2.5-5 series, 10 µs to 10 s); one more bucket is +Inf.
+// === Histograms ===
+// A histogram is its buckets' counts (not cumulative), then the sum in nanoseconds.
+
+/// Bounds of the classic histograms (round-trip time, connection lifetime), in nanoseconds
+/// (1-2.5-5 series, 10 µs to 10 s); one more bucket is +Inf. A value lands in the first
+/// bucket whose bound it does not exceed.
 pub const BUCKET_BOUNDS_NS: [u64; 19] = [
     10_000,
     25_000,
@@ -103,17 +108,33 @@ pub const BUCKET_BOUNDS_NS: [u64; 19] = [
 ];
 pub const BUCKETS: u32 = BUCKET_BOUNDS_NS.len() as u32 + 1;
 pub const HISTOGRAM_SLOTS: u32 = BUCKETS + 1;
-/// Connect latency: the first SYN's departure to the SYN-ACK's arrival.
+
+/// The latency histograms the analysis reads (connect, time to first byte) are log-linear,
+/// in microseconds: one bucket per microsecond below 8 µs, then each power of two split
+/// into `2^LATENCY_SUB_BITS` equal parts, up to 2^26 µs (67 s); one more bucket is +Inf. A
+/// bucket is at most an eighth of its lower bound wide, so a quantile interpolated inside
+/// it is off by at most that much, and by half of it for a value near the bucket's middle.
+pub const LATENCY_SUB_BITS: u32 = 3;
+const LATENCY_SUBS: u64 = 1 << LATENCY_SUB_BITS;
+/// Powers of two above the linear part: 2^3 µs up to 2^26 µs.
+const LATENCY_OCTAVES: u32 = 23;
+pub const LATENCY_BUCKETS: u32 = (LATENCY_SUBS as u32) * (1 + LATENCY_OCTAVES) + 1;
+pub const LATENCY_HISTOGRAM_SLOTS: u32 = LATENCY_BUCKETS + 1;
+
+// === Histogram slots ===
+/// Connect latency: the first SYN's departure to the SYN-ACK's arrival (log-linear).
 pub const HIST_CONNECT: u32 = HTTP_UNPARSEABLE_RESPONSES + 1;
+/// First request byte sent to first response byte received (log-linear).
+pub const HIST_TTFB: u32 = HIST_CONNECT + LATENCY_HISTOGRAM_SLOTS;
 /// Smoothed RTT at the connection's end, per established connection that has one.
-pub const HIST_RTT: u32 = HIST_CONNECT + HISTOGRAM_SLOTS;
+pub const HIST_RTT: u32 = HIST_TTFB + LATENCY_HISTOGRAM_SLOTS;
 /// Established to the connection's end.
 pub const HIST_LIFETIME: u32 = HIST_RTT + HISTOGRAM_SLOTS;
-/// First request byte sent to first response byte received.
-pub const HIST_TTFB: u32 = HIST_LIFETIME + HISTOGRAM_SLOTS;
 
-pub const METRIC_SLOTS: u32 = HIST_TTFB + HISTOGRAM_SLOTS;
-const _: () = assert!(METRIC_SLOTS == 128);
+/// A power of two, so that the kernel can bound a slot index with a mask.
+pub const METRIC_SLOTS: u32 = 512;
+const _: () = assert!(HIST_LIFETIME + HISTOGRAM_SLOTS <= METRIC_SLOTS);
+const _: () = assert!(METRIC_SLOTS.is_power_of_two());
 
 /// The per-CPU value.
 #[repr(C)]
@@ -142,6 +163,58 @@ pub fn bucket_of(ns: u64) -> u32 {
     }
     BUCKETS - 1
 }
+
+/// The latency bucket of a duration: bit arithmetic, no loop (it runs per request).
+/// Bucket `i` holds the durations in `(latency_lower_ns(i), latency_upper_ns(i)]`.
+#[inline(always)]
+pub fn latency_bucket_of(ns: u64) -> u32 {
+    // Whole microseconds below the duration: a bound itself lands in the bucket it closes.
+    let us = ns.saturating_sub(1) / 1_000;
+    if us < LATENCY_SUBS {
+        return us as u32;
+    }
+    let octave = 63 - us.leading_zeros(); // >= LATENCY_SUB_BITS
+    let sub = ((us >> (octave - LATENCY_SUB_BITS)) & (LATENCY_SUBS - 1)) as u32;
+    let i = (octave - LATENCY_SUB_BITS + 1) * LATENCY_SUBS as u32 + sub;
+    if i < LATENCY_BUCKETS - 1 {
+        i
+    } else {
+        LATENCY_BUCKETS - 1
+    }
+}
+
+/// The upper bound of latency bucket `i` in nanoseconds; `None` for +Inf.
+pub const fn latency_upper_ns(i: u32) -> Option<u64> {
+    if i >= LATENCY_BUCKETS - 1 {
+        return None;
+    }
+    let i = i as u64;
+    let us = if i < LATENCY_SUBS {
+        i + 1
+    } else {
+        let octave = i / LATENCY_SUBS - 1 + LATENCY_SUB_BITS as u64;
+        let sub = i % LATENCY_SUBS;
+        (1 << octave) + ((sub + 1) << (octave - LATENCY_SUB_BITS as u64))
+    };
+    Some(us * 1_000)
+}
+
+/// The lower bound of latency bucket `i` in nanoseconds (exclusive; 0 for the first).
+pub const fn latency_lower_ns(i: u32) -> u64 {
+    match i {
+        0 => 0,
+        _ => match latency_upper_ns(i - 1) {
+            Some(ns) => ns,
+            None => 0,
+        },
+    }
+}
+
+/// The largest finite latency bound: the +Inf bucket holds what is above it.
+pub const LATENCY_MAX_NS: u64 = match latency_upper_ns(LATENCY_BUCKETS - 2) {
+    Some(ns) => ns,
+    None => 0,
+};
 
 /// Index of a method's counter from the first bytes of a request, `None` if they do not
 /// start with a method token followed by a space.
@@ -253,6 +326,38 @@ mod tests {
         assert_eq!(bucket_of(10_001), 1);
         assert_eq!(bucket_of(20_000_000), 10, "20 ms lies in (10 ms, 25 ms]");
         assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn latency_buckets_are_log_linear_and_contiguous() {
+        assert_eq!(LATENCY_BUCKETS, 193);
+        assert_eq!(latency_bucket_of(0), 0);
+        assert_eq!(latency_bucket_of(1_000), 0, "a bound closes its bucket");
+        assert_eq!(latency_bucket_of(1_001), 1);
+        assert_eq!(latency_bucket_of(8_000), 7);
+        assert_eq!(latency_bucket_of(8_001), 8);
+        assert_eq!(latency_upper_ns(8), Some(9_000));
+        assert_eq!(LATENCY_MAX_NS, (1 << 26) * 1_000);
+        assert_eq!(latency_bucket_of(LATENCY_MAX_NS), LATENCY_BUCKETS - 2);
+        assert_eq!(latency_bucket_of(LATENCY_MAX_NS + 1), LATENCY_BUCKETS - 1);
+        assert_eq!(latency_bucket_of(u64::MAX), LATENCY_BUCKETS - 1);
+        assert_eq!(latency_upper_ns(LATENCY_BUCKETS - 1), None);
+        // Every bucket starts where the one before it ends, and holds exactly its range.
+        for i in 0..LATENCY_BUCKETS - 1 {
+            let (lo, hi) = (latency_lower_ns(i), latency_upper_ns(i).expect("finite"));
+            assert!(lo < hi, "bucket {i}");
+            assert_eq!(
+                latency_bucket_of(lo + 1),
+                i,
+                "just above bucket {i}'s lower bound"
+            );
+            assert_eq!(latency_bucket_of(hi), i, "bucket {i}'s upper bound");
+            assert_eq!(latency_bucket_of(hi + 1), i + 1, "just above bucket {i}");
+            if lo >= 8_000 {
+                // At most an eighth of the lower bound wide.
+                assert!((hi - lo) * 8 <= lo, "bucket {i}: ({lo}, {hi}]");
+            }
+        }
     }
 
     #[test]

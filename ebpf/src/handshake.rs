@@ -8,7 +8,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::SkBuffContext};
 use sluice_common::metrics::{ESTABLISHED, HIST_CONNECT};
 
 use crate::{
-    metrics::{bump, metrics_of, observe},
+    metrics::{bump, metrics_of, observe_latency},
     segment::{ACK, Segment, departure_ns},
     tags::{cookie_of, tag_of},
 };
@@ -55,6 +55,6 @@ pub fn syn_received(ctx: &SkBuffContext, seg: &Segment) {
     tag.rx_next = seg.seq.wrapping_add(1);
     if let Some(m) = metrics_of(tag) {
         bump(m, ESTABLISHED, 1);
-        observe(m, HIST_CONNECT, now.saturating_sub(tag.connect_ns));
+        observe_latency(m, HIST_CONNECT, now.saturating_sub(tag.connect_ns));
     }
 }

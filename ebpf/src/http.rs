@@ -16,7 +16,7 @@ use sluice_common::{
 };
 
 use crate::{
-    metrics::{bump, metrics_of, observe},
+    metrics::{bump, metrics_of, observe_latency},
     segment::{Segment, before, departure_ns},
     tags::{cookie_of, tag_of},
 };
@@ -103,7 +103,7 @@ pub fn received(ctx: &SkBuffContext, seg: &Segment) {
             // SAFETY: plain helper call.
             let now = unsafe { bpf_ktime_get_ns() };
             if let Some(m) = count(tag, response_slot(code)) {
-                observe(m, HIST_TTFB, now.saturating_sub(tag.request_ns));
+                observe_latency(m, HIST_TTFB, now.saturating_sub(tag.request_ns));
             }
         }
     }

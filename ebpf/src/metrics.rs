@@ -2,7 +2,10 @@
 
 use sluice_common::{
     maps::SockTag,
-    metrics::{BUCKETS, METRIC_SLOTS, Metrics, MetricsKey, bucket_of, metrics_array_index},
+    metrics::{
+        BUCKETS, LATENCY_BUCKETS, METRIC_SLOTS, Metrics, MetricsKey, bucket_of, latency_bucket_of,
+        metrics_array_index,
+    },
 };
 
 use crate::maps::{SLUICE_METRICS, SLUICE_METRICS_ARRAY, add};
@@ -39,9 +42,16 @@ pub fn bump(m: *mut Metrics, slot: u32, n: u64) {
     add(unsafe { (*m).slots.as_mut_ptr().add(slot as usize) }, n);
 }
 
-/// One observation of a duration in a histogram starting at slot `hist`.
+/// One observation of a duration in a classic histogram starting at slot `hist`.
 #[inline(always)]
 pub fn observe(m: *mut Metrics, hist: u32, ns: u64) {
     bump(m, hist + bucket_of(ns), 1);
     bump(m, hist + BUCKETS, ns);
+}
+
+/// One observation of a duration in a log-linear latency histogram starting at slot `hist`.
+#[inline(always)]
+pub fn observe_latency(m: *mut Metrics, hist: u32, ns: u64) {
+    bump(m, hist + latency_bucket_of(ns), 1);
+    bump(m, hist + LATENCY_BUCKETS, ns);
 }

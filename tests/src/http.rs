@@ -2,7 +2,8 @@
 //! `/status/NNN` answers NNN; `/reset` reads the request and resets the connection without
 //! answering; `/continue` (POST with `Expect: 100-continue`) sends `100 Continue`, reads the
 //! body, answers 200. Every answer can be delayed (`delay`), and every `fail_every`-th request
-//! answered 503 instead. It counts what it did: that is the truth the kernel is held to.
+//! answered 503 instead. Every answer says which backend sent it (`X-Served-By: ip:port`).
+//! It counts what it did: that is the truth the kernel is held to.
 
 use std::{
     collections::BTreeMap,
@@ -118,6 +119,10 @@ fn serve(
     let Ok(read_half) = conn.try_clone() else {
         return;
     };
+    // Which backend answered, for clients that time each version on their own.
+    let served_by = conn
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
     let mut reader = BufReader::new(read_half);
     let mut out = conn;
     loop {
@@ -170,7 +175,9 @@ fn serve(
         if !delay.is_zero() {
             thread::sleep(delay);
         }
-        let response = format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nok");
+        let response = format!(
+            "HTTP/1.1 {status} X\r\nX-Served-By: {served_by}\r\nContent-Length: 2\r\n\r\nok"
+        );
         // Counted before it is written, so that a client that has read it always finds it
         // counted; taken back if the write fails.
         *seen

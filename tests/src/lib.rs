@@ -303,6 +303,9 @@ pub struct HttpProbeResult {
     pub statuses: std::collections::BTreeMap<u16, u64>,
     pub errors: std::collections::BTreeMap<String, u64>,
     pub connections: u64,
+    /// Each answered request's time from its first byte written to its response read, by
+    /// the backend that answered (`X-Served-By`).
+    pub latencies_us: std::collections::BTreeMap<String, Vec<u64>>,
 }
 
 /// Runs the probe in HTTP mode: `connections` connections, each sending `paths` in turn
@@ -313,7 +316,24 @@ pub fn http_probe(
     connections: u64,
     paths: &[&str],
 ) -> HttpProbeResult {
-    let v = run_probe(cgroup, target, connections, &["--http", &paths.join(",")]);
+    http_probe_parallel(cgroup, target, 1, connections, paths)
+}
+
+/// [`http_probe`] on `parallel` threads at once, each with `connections` connections.
+pub fn http_probe_parallel(
+    cgroup: Option<&TestCgroup>,
+    target: SocketAddr,
+    parallel: u64,
+    connections: u64,
+    paths: &[&str],
+) -> HttpProbeResult {
+    let parallel = parallel.to_string();
+    let v = run_probe(
+        cgroup,
+        target,
+        connections,
+        &["--http", &paths.join(","), "--parallel", &parallel],
+    );
     HttpProbeResult {
         statuses: v["statuses"]
             .as_object()
@@ -328,6 +348,18 @@ pub fn http_probe(
             .map(|(k, v)| (k.clone(), v.as_u64().expect("n")))
             .collect(),
         connections: v["connections"].as_u64().expect("connections"),
+        latencies_us: v["latencies_us"]
+            .as_object()
+            .expect("latencies_us")
+            .iter()
+            .map(|(k, v)| {
+                let l = v.as_array().expect("latencies");
+                (
+                    k.clone(),
+                    l.iter().map(|l| l.as_u64().expect("µs")).collect(),
+                )
+            })
+            .collect(),
     }
 }
 

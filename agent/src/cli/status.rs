@@ -191,10 +191,11 @@ fn rollout_details(r: &RolloutStatus) -> String {
         for (name, v) in ["stable", "canary"].iter().zip(live.iter()) {
             let _ = writeln!(
                 out,
-                "  {name:<6}  {:>8.1}/s  errors {:>7}  p99 {}",
+                "  {name:<6}  {:>8.1}/s  errors {:>7}  p50 {}  p99 {}",
                 v.rate,
                 v.error_rate
                     .map_or("-".into(), |e| format!("{:.2}%", 100.0 * e)),
+                v.p50_seconds.map_or("-".into(), fmt_seconds),
                 v.p99_seconds.map_or("-".into(), fmt_seconds),
             );
         }

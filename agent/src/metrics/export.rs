@@ -221,11 +221,6 @@ fn version_series(f: &mut Families, s: &ServiceSample, v: usize, l: &VersionLabe
     }
     let histograms = [
         (
-            "sluice_connect_duration_seconds",
-            "SYN sent to SYN-ACK received (cgroup_skb egress and ingress).",
-            HIST_CONNECT,
-        ),
-        (
             "sluice_tcp_rtt_seconds",
             "Smoothed RTT of each established connection, at its end (tcp_sock srtt_us).",
             HIST_RTT,
@@ -239,6 +234,12 @@ fn version_series(f: &mut Families, s: &ServiceSample, v: usize, l: &VersionLabe
     for (name, help, hist) in histograms {
         f.histogram(name, help, l.pairs(&[]), &m[hist as usize..]);
     }
+    f.latency_histogram(
+        "sluice_connect_duration_seconds",
+        "SYN sent to SYN-ACK received (cgroup_skb egress and ingress).",
+        l.pairs(&[]),
+        &m[HIST_CONNECT as usize..],
+    );
 }
 
 fn http_series(f: &mut Families, m: &[u64], l: &VersionLabels<'_>) {
@@ -293,7 +294,7 @@ fn http_series(f: &mut Families, m: &[u64], l: &VersionLabels<'_>) {
             m[slot as usize],
         );
     }
-    f.histogram(
+    f.latency_histogram(
         "sluice_http_response_first_byte_seconds",
         "First request byte sent to first response byte received (cgroup_skb).",
         l.pairs(&[]),

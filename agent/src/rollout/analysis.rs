@@ -1,7 +1,7 @@
 //! One analysis: the configured checks over one window, each with a verdict and the evidence
 //! behind it. Too few samples is never a pass: it is `Inconclusive`, and the window grows.
 
-use sluice_common::metrics::BUCKET_BOUNDS_NS;
+use sluice_common::metrics::{latency_bucket_of, latency_lower_ns, latency_upper_ns};
 
 use super::{
     evidence::{Buckets, Evidence, count, quantile},
@@ -279,12 +279,16 @@ fn latency_against_stable(
     (verdict, Some(raw_ratio), detail)
 }
 
-/// The largest bucket bound at or below `limit` (the first one when the limit is below
-/// every bound), and the index of the first bucket above it.
+/// The largest bucket bound at or below `limit`, and the index of the first bucket above
+/// it: the requests in that bucket and after are certainly slower than the bound.
 fn above_bound(limit: std::time::Duration) -> (std::time::Duration, usize) {
     let ns = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
-    let i = BUCKET_BOUNDS_NS.iter().rposition(|b| *b <= ns).unwrap_or(0);
-    (std::time::Duration::from_nanos(BUCKET_BOUNDS_NS[i]), i + 1)
+    let i = latency_bucket_of(ns);
+    let (bound, above) = match latency_upper_ns(i) {
+        Some(upper) if upper == ns => (upper, i + 1),
+        _ => (latency_lower_ns(i), i),
+    };
+    (std::time::Duration::from_nanos(bound), above as usize)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use super::{
     Outcome, Reading,
     analysis::{Window, analyse, overall},
     clock::Moment,
-    evidence::{self, Evidence},
+    evidence::{Counts, Evidence},
     guard::GuardWindow,
     sequential::overwhelming,
     state::RolloutState,
@@ -79,7 +79,7 @@ impl Rollout {
     }
 
     pub fn tick(&mut self, name: &str, now: Moment, reading: &Reading, out: &mut Outcome) {
-        let totals = evidence::totals(&reading[1], self.http1);
+        let totals = Counts::of(&reading[1], self.http1);
         self.guard.record(now.at, totals.samples, totals.errors);
         self.recent.push_back((now.at, reading.clone()));
         while self
@@ -182,8 +182,8 @@ impl Rollout {
         let Some((_, start)) = &self.window else {
             return false;
         };
-        let stable = Evidence::between(&start[0], &reading[0], self.http1);
-        let canary = Evidence::between(&start[1], &reading[1], self.http1);
+        let stable = Counts::between(&start[0], &reading[0], self.http1);
+        let canary = Counts::between(&start[1], &reading[1], self.http1);
         let Some(o) = overwhelming(&stable, &canary, margin) else {
             return false;
         };

@@ -12,7 +12,7 @@
 //! smoothed so that zero errors is not certainty, so it holds approximately, and the
 //! simulation in `tests/simulation.rs` checks the false rollbacks it gives.
 
-use super::evidence::Evidence;
+use super::evidence::Counts;
 
 /// The chance, per analysis window, that a canary at the margin is failed early.
 pub const ALPHA: f64 = 0.001;
@@ -29,7 +29,7 @@ pub struct Overwhelming {
 }
 
 /// Whether the window's evidence against the canary is overwhelming.
-pub fn overwhelming(stable: &Evidence, canary: &Evidence, margin: f64) -> Option<Overwhelming> {
+pub fn overwhelming(stable: &Counts, canary: &Counts, margin: f64) -> Option<Overwhelming> {
     if canary.samples == 0 || margin <= 0.0 {
         return None;
     }
@@ -55,11 +55,11 @@ pub fn overwhelming(stable: &Evidence, canary: &Evidence, margin: f64) -> Option
 mod tests {
     use super::*;
 
-    fn e(samples: u64, errors: u64) -> Evidence {
-        Evidence {
+    fn e(samples: u64, errors: u64) -> Counts {
+        Counts {
             samples,
             errors,
-            ..Evidence::default()
+            ..Counts::default()
         }
     }
 

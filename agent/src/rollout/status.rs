@@ -2,7 +2,7 @@
 //! evidence, and a live view of both versions over the last few seconds.
 
 use super::{
-    evidence::{Evidence, quantile},
+    evidence::{Counts, Evidence, quantile},
     machine::Rollout,
 };
 use crate::{
@@ -13,8 +13,8 @@ use crate::{
 pub(super) fn status(r: &Rollout) -> RolloutStatus {
     let window_samples = match (&r.window, r.recent.back()) {
         (Some((_, start)), Some((_, now))) => Some([
-            Evidence::between(&start[0], &now[0], r.http1).samples,
-            Evidence::between(&start[1], &now[1], r.http1).samples,
+            Counts::between(&start[0], &now[0], r.http1).samples,
+            Counts::between(&start[1], &now[1], r.http1).samples,
         ]),
         _ => None,
     };
@@ -26,6 +26,7 @@ pub(super) fn status(r: &Rollout) -> RolloutStatus {
                 VersionLive {
                     rate: e.samples as f64 / secs,
                     error_rate: e.error_rate(),
+                    p50_seconds: quantile(e.latency(r.http1), 0.5).map(|d| d.as_secs_f64()),
                     p99_seconds: quantile(e.latency(r.http1), 0.99).map(|d| d.as_secs_f64()),
                 }
             };

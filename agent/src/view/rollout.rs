@@ -274,6 +274,9 @@ pub struct VersionLive {
     /// Samples (requests, or connections for `l7: none`) per second.
     pub rate: f64,
     pub error_rate: Option<f64>,
+    /// Median time to first byte (connect latency for `l7: none`), seconds.
+    #[serde(default)]
+    pub p50_seconds: Option<f64>,
     /// p99 time to first byte (connect latency for `l7: none`), seconds.
     pub p99_seconds: Option<f64>,
 }

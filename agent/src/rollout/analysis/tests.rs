@@ -1,7 +1,7 @@
 //! The latency comparison on synthetic histograms: one slow request is no verdict, a real
 //! tail regression fails, a shared slowdown does not.
 
-use sluice_common::metrics::{BUCKETS, bucket_of};
+use sluice_common::metrics::{LATENCY_BUCKETS, LATENCY_MAX_NS, latency_bucket_of};
 
 use super::*;
 use crate::config::parse_str;
@@ -24,9 +24,9 @@ services:
 
 /// `n` requests at `fast_ms`, then `slow` more at `slow_ms`.
 fn evidence(n: u64, fast_ms: f64, slow: u64, slow_ms: f64) -> Evidence {
-    let mut ttfb = [0u64; BUCKETS as usize];
-    ttfb[bucket_of((fast_ms * 1e6) as u64) as usize] += n;
-    ttfb[bucket_of((slow_ms * 1e6) as u64) as usize] += slow;
+    let mut ttfb = [0u64; LATENCY_BUCKETS as usize];
+    ttfb[latency_bucket_of((fast_ms * 1e6) as u64) as usize] += n;
+    ttfb[latency_bucket_of((slow_ms * 1e6) as u64) as usize] += slow;
     Evidence {
         samples: n + slow,
         ttfb,
@@ -83,15 +83,20 @@ fn both_versions_slowed_alike_do_not_fail_the_canary() {
 
 #[test]
 fn the_limit_is_lowered_to_a_bucket_bound() {
-    // 2 x 7 ms = 14 ms, between the 10 ms and 25 ms bounds: counted above 10 ms.
-    let (bound, above) = above_bound(std::time::Duration::from_millis(14));
-    assert_eq!(bound, std::time::Duration::from_millis(10));
-    assert_eq!(above as u32, bucket_of(10_000_001));
-    let (last, inf) = above_bound(std::time::Duration::from_secs(60));
+    use std::time::Duration;
+    // 2 x 7 ms = 14 ms lies in the bucket (13.312, 14.336] ms: counted above 13.312 ms.
+    let (bound, above) = above_bound(Duration::from_millis(14));
+    assert_eq!(bound, Duration::from_micros(13_312));
+    assert_eq!(above as u32, latency_bucket_of(13_312_001));
+    // A limit on a bound counts what is above that bound.
+    let (bound, above) = above_bound(Duration::from_micros(14_336));
+    assert_eq!(bound, Duration::from_micros(14_336));
+    assert_eq!(above as u32, latency_bucket_of(14_336_001));
+    let (last, inf) = above_bound(Duration::from_secs(100));
     assert_eq!(
         (last, inf as u32),
-        (std::time::Duration::from_secs(10), BUCKETS - 1)
+        (Duration::from_nanos(LATENCY_MAX_NS), LATENCY_BUCKETS - 1)
     );
-    let (first, _) = above_bound(std::time::Duration::from_micros(3));
-    assert_eq!(first, std::time::Duration::from_micros(10));
+    let (first, above) = above_bound(Duration::from_nanos(300));
+    assert_eq!((first, above), (Duration::ZERO, 0));
 }

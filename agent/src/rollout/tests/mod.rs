@@ -8,7 +8,8 @@ use std::{
 };
 
 use sluice_common::metrics::{
-    FAILED_REFUSED, HIST_TTFB, HTTP_CODES, HTTP_REQUESTS, HTTP_RESPONSES, METRIC_SLOTS, bucket_of,
+    FAILED_REFUSED, HIST_TTFB, HTTP_CODES, HTTP_REQUESTS, HTTP_RESPONSES, METRIC_SLOTS,
+    latency_bucket_of,
 };
 
 use super::*;
@@ -47,7 +48,7 @@ fn version(requests: u64, errors: u64, refused: u64, ttfb_ns: u64) -> Vec<u64> {
     v[code(200)] = requests - errors;
     v[code(503)] = errors;
     v[FAILED_REFUSED as usize] = refused;
-    v[HIST_TTFB as usize + bucket_of(ttfb_ns) as usize] = requests;
+    v[HIST_TTFB as usize + latency_bucket_of(ttfb_ns) as usize] = requests;
     v
 }
 

@@ -10,7 +10,7 @@
 //! `cargo test -p sluice --release simulation -- --nocapture`.
 
 use sluice_common::metrics::{
-    BUCKET_BOUNDS_NS, HIST_TTFB, HTTP_CODES, HTTP_REQUESTS, METRIC_SLOTS,
+    HIST_TTFB, HTTP_CODES, HTTP_REQUESTS, METRIC_SLOTS, latency_bucket_of,
 };
 
 use super::*;
@@ -97,11 +97,7 @@ impl Counters {
         };
         self.0[code(status)] += 1;
         let ns = (v.latency_ms(rng) * 1e6) as u64;
-        let bucket = BUCKET_BOUNDS_NS
-            .iter()
-            .position(|b| ns <= *b)
-            .unwrap_or(BUCKET_BOUNDS_NS.len());
-        self.0[HIST_TTFB as usize + bucket] += 1;
+        self.0[HIST_TTFB as usize + latency_bucket_of(ns) as usize] += 1;
     }
 }
 

@@ -59,7 +59,12 @@ fn main() {
     } else if let Some(i) = args.iter().position(|a| a == "--http") {
         let count: u64 = arg("--count").parse().expect("--count N");
         let paths: Vec<&str> = args[i + 1].split(',').collect();
-        http(target, count, &paths);
+        let parallel: u64 = args
+            .iter()
+            .position(|a| a == "--parallel")
+            .map_or(1, |i| args[i + 1].parse().expect("--parallel THREADS"));
+        assert!(parallel >= 1, "--parallel must be at least 1");
+        http(target, count, &paths, parallel);
     } else if let Some(i) = args.iter().position(|a| a == "--until") {
         let seconds: f64 = arg("--seconds").parse().expect("--seconds S");
         until(target, &args[i + 1], Duration::from_secs_f64(seconds));
@@ -226,30 +231,74 @@ fn until(target: SocketAddr, name: &str, limit: Duration) {
     );
 }
 
-/// `count` keep-alive connections, each sending every path in turn and reading each answer.
-/// `/continue` is a POST with `Expect: 100-continue`: the body goes after the 100.
-fn http(target: SocketAddr, count: u64, paths: &[&str]) {
-    let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    let mut connections = 0u64;
+/// What HTTP connections saw: answers by status, errors by kind, and each answered
+/// request's time from its first byte written to its response read, in microseconds, by
+/// the server that answered (its `X-Served-By` header, "" without one).
+#[derive(Default)]
+struct HttpSeen {
+    statuses: BTreeMap<u16, u64>,
+    errors: BTreeMap<String, u64>,
+    connections: u64,
+    latencies_us: BTreeMap<String, Vec<u64>>,
+}
+
+/// `parallel` threads, each opening `count` keep-alive connections one after the other,
+/// each sending every path in turn and reading each answer. `/continue` is a POST with
+/// `Expect: 100-continue`: the body goes after the 100.
+fn http(target: SocketAddr, count: u64, paths: &[&str], parallel: u64) {
+    let paths: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();
+    let threads: Vec<_> = (0..parallel)
+        .map(|_| {
+            let paths = paths.clone();
+            std::thread::spawn(move || http_connections(target, count, &paths))
+        })
+        .collect();
+    let mut all = HttpSeen::default();
+    for t in threads {
+        let seen = t.join().expect("http thread");
+        for (k, v) in seen.statuses {
+            *all.statuses.entry(k).or_default() += v;
+        }
+        for (k, v) in seen.errors {
+            *all.errors.entry(k).or_default() += v;
+        }
+        all.connections += seen.connections;
+        for (k, v) in seen.latencies_us {
+            all.latencies_us.entry(k).or_default().extend(v);
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "statuses": all.statuses,
+            "errors": all.errors,
+            "connections": all.connections,
+            "latencies_us": all.latencies_us,
+        })
+    );
+}
+
+fn http_connections(target: SocketAddr, count: u64, paths: &[String]) -> HttpSeen {
+    let mut seen = HttpSeen::default();
     for _ in 0..count {
         let conn = TcpStream::connect_timeout(&target, Duration::from_secs(2));
         let mut s = match conn {
             Ok(s) => s,
             Err(e) => {
-                *errors.entry(format!("{:?}", e.kind())).or_default() += 1;
+                *seen.errors.entry(format!("{:?}", e.kind())).or_default() += 1;
                 continue;
             }
         };
-        connections += 1;
+        seen.connections += 1;
         s.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
         let mut reader = BufReader::new(s.try_clone().expect("clone"));
         for path in paths {
-            let result = if *path == "/continue" {
+            let started = std::time::Instant::now();
+            let result = if path == "/continue" {
                 s.write_all(b"POST /continue HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n")
                     .and_then(|()| read_response(&mut reader))
-                    .and_then(|interim| {
+                    .and_then(|(interim, _)| {
                         assert_eq!(interim, 100, "expected 100 Continue");
                         s.write_all(b"0123456789")?;
                         read_response(&mut reader)
@@ -259,22 +308,24 @@ fn http(target: SocketAddr, count: u64, paths: &[&str]) {
                     .and_then(|()| read_response(&mut reader))
             };
             match result {
-                Ok(status) => *statuses.entry(status).or_default() += 1,
+                Ok((status, served_by)) => {
+                    *seen.statuses.entry(status).or_default() += 1;
+                    let us = started.elapsed().as_micros() as u64;
+                    seen.latencies_us.entry(served_by).or_default().push(us);
+                }
                 Err(e) => {
-                    *errors.entry(format!("{:?}", e.kind())).or_default() += 1;
+                    *seen.errors.entry(format!("{:?}", e.kind())).or_default() += 1;
                     break;
                 }
             }
         }
     }
-    println!(
-        "{}",
-        serde_json::json!({ "statuses": statuses, "errors": errors, "connections": connections })
-    );
+    seen
 }
 
-/// Reads one response (status line, headers, Content-Length body); returns its status.
-fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<u16> {
+/// Reads one response (status line, headers, Content-Length body); returns its status and
+/// its `X-Served-By` header ("" without one).
+fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<(u16, String)> {
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
         return Err(std::io::Error::new(
@@ -288,11 +339,16 @@ fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<u16> {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let mut length = 0usize;
+    let mut served_by = String::new();
     loop {
         let mut h = String::new();
         reader.read_line(&mut h)?;
-        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+        let lower = h.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
             length = v.trim().parse().unwrap_or(0);
+        }
+        if lower.starts_with("x-served-by:") {
+            served_by = h["x-served-by:".len()..].trim().to_owned();
         }
         if h == "\r\n" || h.is_empty() {
             break;
@@ -300,7 +356,7 @@ fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<u16> {
     }
     let mut body = vec![0u8; length];
     std::io::Read::read_exact(reader, &mut body)?;
-    Ok(status)
+    Ok((status, served_by))
 }
 
 /// `count` connects with TCP_SYNCNT (SYN retransmissions before giving up) set, one after
