@@ -176,7 +176,11 @@ impl Container {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).expect("json")
+        let v = serde_json::from_slice(&out.stdout).expect("json");
+        if args.first() == Some(&"status") {
+            sluice_tests::schema::assert_status_schema(&v);
+        }
+        v
     }
 
     /// `/metrics`, from inside the container's network namespace.

@@ -36,7 +36,7 @@ impl Rollout {
             }
         }
         *self.state.decision_counts.entry(action).or_default() += 1;
-        let decision = Decision {
+        let mut decision = Decision {
             at_unix_ms: now.unix_ms,
             action,
             phase,
@@ -44,6 +44,7 @@ impl Rollout {
             weight_percent,
             reason: reason.clone(),
             checks,
+            repeats: 0,
         };
         // A run of waits at one step is one entry: keep the ring for decisions that matter.
         let ring = &mut self.state.decisions;
@@ -51,8 +52,9 @@ impl Rollout {
             && ring
                 .back()
                 .is_some_and(|last| last.action == Action::Wait && last.step == step)
+            && let Some(last) = ring.pop_back()
         {
-            ring.pop_back();
+            decision.repeats = last.repeats + 1;
         }
         ring.push_back(decision);
         while ring.len() > DECISIONS_KEPT {

@@ -11,7 +11,7 @@ use super::{
     clock::Moment,
     evidence::{Counts, Evidence},
     guard::GuardWindow,
-    sequential::overwhelming,
+    sequential::Sequential,
     state::RolloutState,
 };
 use crate::{
@@ -34,6 +34,8 @@ pub(super) struct Rollout {
     pub window: Option<(Instant, Reading)>,
     pub next_analysis: Option<Instant>,
     pub guard: GuardWindow,
+    /// The failing-early test of the window that started at this instant.
+    pub sequential: Option<(Instant, Sequential)>,
     pub recent: VecDeque<(Instant, Reading)>,
     pub last_checks: Vec<CheckResult>,
 }
@@ -52,6 +54,7 @@ impl Rollout {
             window: None,
             next_analysis: None,
             guard: GuardWindow::default(),
+            sequential: None,
             recent: VecDeque::new(),
             last_checks: Vec::new(),
         }
@@ -179,21 +182,32 @@ impl Rollout {
         else {
             return false;
         };
-        let Some((_, start)) = &self.window else {
+        let Some((started, start)) = &self.window else {
             return false;
         };
+        let started = *started;
         let stable = Counts::between(&start[0], &reading[0], self.http1);
-        let canary = Counts::between(&start[1], &reading[1], self.http1);
-        let Some(o) = overwhelming(&stable, &canary, margin) else {
+        let at_start = Counts::of(&start[1], self.http1);
+        let test = match &mut self.sequential {
+            Some((at, test)) if *at == started => test,
+            other => &mut other.insert((started, Sequential::new(at_start))).1,
+        };
+        // A window lives until the deadline at most (and an analysis more): that many
+        // ticks for a test to start at.
+        let life = self.config.deadline + self.config.interval;
+        let starts = (life.as_millis() / super::TICK.as_millis()) as u64 + 1;
+        let canary = Counts::of(&reading[1], self.http1);
+        let Some(o) = test.tick(canary, &stable, margin, starts) else {
             return false;
         };
         let detail = format!(
-            "canary {}/{} errors, stable {}/{}: the likelihood of an error rate of {:.2}% \
-             (stable's plus twice the margin) against {:.2}% (plus the margin) reached \
-             e^{:.1}, past e^{:.1} (one chance in {:.0} at the margin, however often it is \
-             looked at)",
-            canary.errors,
-            canary.samples,
+            "canary {}/{} errors since the test that fired began, stable {}/{} over the \
+             window: the likelihood of an error rate of {:.2}% (stable's plus twice the \
+             margin) against {:.2}% (plus the margin) reached e^{:.1}, past e^{:.1} (one \
+             chance in {:.0} at the margin, for a test started at any of the window's {} \
+             ticks, however often it is looked at)",
+            o.errors,
+            o.samples,
             stable.errors,
             stable.samples,
             100.0 * o.alternative,
@@ -201,6 +215,7 @@ impl Rollout {
             o.log_ratio,
             o.threshold,
             1.0 / super::sequential::ALPHA,
+            starts,
         );
         let evidence = CheckResult {
             check: Check::ErrorRateSequential,
@@ -208,13 +223,13 @@ impl Rollout {
             value: Some(o.log_ratio),
             threshold: o.threshold,
             unit: Unit::LogRatio,
-            samples: [stable.samples, canary.samples],
+            samples: [stable.samples, o.samples],
             detail,
         };
         let reason = format!(
             "failed early: {} errors in {} canary samples is overwhelming evidence of an error \
              rate above stable's plus the margin",
-            canary.errors, canary.samples
+            o.errors, o.samples
         );
         self.roll_back(name, now, Action::Rollback, reason, vec![evidence]);
         true
@@ -385,6 +400,18 @@ impl Rollout {
             self.config.deadline,
             why.join("; ")
         );
+        // Pausing is for a canary nothing speaks against. One whose last conclusive
+        // analysis failed, with none passing since, is rolled back: the blip that
+        // `failure_threshold` forgives would have been followed by a pass by now.
+        if self.state.failed_in_a_row > 0 {
+            let reason = format!(
+                "{reason}; its last conclusive analysis failed ({} of {} in a row) and none                  has passed since",
+                self.state.failed_in_a_row, self.config.failure_threshold
+            );
+            self.roll_back(name, now, Action::Deadline, reason, results);
+            out.steer(name, 0);
+            return;
+        }
         match self.config.on_deadline {
             OnDeadline::Rollback => {
                 self.roll_back(name, now, Action::Deadline, reason, results);

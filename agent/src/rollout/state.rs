@@ -15,7 +15,10 @@ use crate::view::{Action, Decision, Phase};
 
 /// Decisions kept per rollout (the log and `/metrics` have them all).
 pub const DECISIONS_KEPT: usize = 20;
-const FORMAT_VERSION: u32 = 1;
+/// The format written. Format 1 differs only in calling `step_index` `step`: it is read as
+/// well, and written back as format 2.
+const FORMAT_VERSION: u32 = 2;
+const FORMATS_READ: [u32; 2] = [1, 2];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RolloutState {
@@ -23,7 +26,9 @@ pub struct RolloutState {
     pub fingerprint: String,
     pub phase: Phase,
     pub reason: String,
-    /// Index into the steps.
+    /// Index into the steps, 0-based (`step_index`: the status and the decisions count
+    /// steps from 1 under the name `step`). Format 1 called it `step`.
+    #[serde(rename = "step_index", alias = "step")]
     pub step: usize,
     pub weight_ppm: u32,
     /// Failed analyses over the rollout's life.
@@ -88,10 +93,13 @@ pub fn load(path: &Path) -> Result<StateFile, StateError> {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
-    if file.format != FORMAT_VERSION {
+    if !FORMATS_READ.contains(&file.format) {
         return Err(StateError::Corrupt {
             path: path.to_owned(),
-            reason: format!("format {} (this agent reads {FORMAT_VERSION})", file.format),
+            reason: format!(
+                "format {} (this agent reads formats {FORMATS_READ:?})",
+                file.format
+            ),
         });
     }
     Ok(file)
@@ -226,6 +234,31 @@ mod tests {
         std::fs::write(&other, "an operator's file").expect("write");
         assert!(state_file_is_ours(&other).is_err());
         assert!(state_file_is_ours(&dir).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_format_1_file_is_read_and_written_back_as_format_2() {
+        let dir = scratch("format1");
+        let path = dir.join("rollouts.json");
+        let v1 = r#"{"format": 1, "rollouts": {"web": {
+            "fingerprint": "f", "phase": "Progressing", "reason": "step 2",
+            "step": 1, "weight_ppm": 250000, "failed_checks": 0,
+            "started_unix_ms": 1, "step_started_unix_ms": 2,
+            "decisions": [], "decision_counts": {}}}}"#;
+        std::fs::write(&path, v1).expect("write");
+        let file = load(&path).expect("format 1 loads");
+        assert_eq!(file.rollouts["web"].step, 1, "format 1's step is the index");
+        save(&path, &file.rollouts).expect("save");
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        assert_eq!(written["format"], 2);
+        assert_eq!(written["rollouts"]["web"]["step_index"], 1);
+        assert!(written["rollouts"]["web"].get("step").is_none());
+        assert_eq!(load(&path).expect("reload").rollouts, file.rollouts);
+        std::fs::write(&path, v1.replace("\"format\": 1", "\"format\": 3")).expect("write");
+        let e = load(&path).expect_err("format 3 is refused");
+        assert!(e.to_string().contains("not readable"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

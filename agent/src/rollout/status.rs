@@ -50,6 +50,7 @@ pub(super) fn status(r: &Rollout) -> RolloutStatus {
             .map(|p| ppm_to_percent(*p))
             .collect(),
         weight_percent: ppm_to_percent(s.weight_ppm),
+        weight_ppm: s.weight_ppm,
         failed_checks: s.failed_checks,
         failed_in_a_row: s.failed_in_a_row,
         failure_threshold: r.config.failure_threshold,

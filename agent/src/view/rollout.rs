@@ -138,6 +138,10 @@ pub struct Decision {
     /// The checks behind the decision (empty for operator actions).
     #[serde(default)]
     pub checks: Vec<CheckResult>,
+    /// Further waits at the same step merged into this entry (its time, reason and checks
+    /// are the last one's): `decision_counts` counts each of them.
+    #[serde(default)]
+    pub repeats: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,10 +246,12 @@ pub struct CheckResult {
 pub struct RolloutStatus {
     pub phase: Phase,
     pub reason: String,
-    /// 1-based step; 0 before the first.
+    /// 1-based step; 0 before the first (the state file's `step_index` is 0-based).
     pub step: usize,
     pub steps_percent: Vec<f64>,
     pub weight_percent: f64,
+    /// The share in parts per million, as the state file holds it (exact).
+    pub weight_ppm: u32,
     /// Failed analyses over the rollout's life.
     pub failed_checks: u32,
     /// Failed analyses since the last that passed; `failure_threshold` of them roll back.
@@ -265,7 +271,8 @@ pub struct RolloutStatus {
     pub live: Option<[VersionLive; 2]>,
     pub last_checks: Vec<CheckResult>,
     pub decisions: Vec<Decision>,
-    /// Decisions by action over the rollout's life.
+    /// Decisions by action over the rollout's life; a run of waits merged into one entry
+    /// of `decisions` counts every wait (`repeats`).
     pub decision_counts: BTreeMap<Action, u64>,
 }
 

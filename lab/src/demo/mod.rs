@@ -28,6 +28,7 @@ use sluice_tests::{
     TestCgroup,
     agent::wait_until_answering,
     http::{Behaviour, HttpBackend},
+    load::unix_ms,
 };
 
 use crate::util::{cargo, run, workspace_root};
@@ -39,8 +40,8 @@ const PIN_PATH: &str = "/sys/fs/bpf/sluice-demo";
 const SOCKET: &str = "/run/sluice-demo/sluice.sock";
 const STATE: &str = "/run/sluice-demo/rollouts.json";
 const CGROUP: &str = "sluice-demo";
-/// The faulty canary starts failing this long after the rollout starts (during step 3).
-const FAULT_AFTER: Duration = Duration::from_secs(35);
+/// The faulty canary starts failing once the rollout is at this step (25 %).
+const FAULT_AT_STEP: u64 = 3;
 /// ... one request in this many (20 %).
 const FAULT_EVERY: u64 = 5;
 /// The demo gives up after this long whatever the rollout does.
@@ -126,8 +127,8 @@ fn show(
     println!("  measures both versions there, and moves the canary's share by the evidence.");
     if faulty {
         println!(
-            "  --faulty-canary: {} s in, the canary starts answering {}% of its requests 503.",
-            FAULT_AFTER.as_secs(),
+            "  --faulty-canary: at step {FAULT_AT_STEP}, the canary starts answering {}% of its \
+             requests 503.",
             100 / FAULT_EVERY
         );
     }
@@ -135,7 +136,9 @@ fn show(
 
     let start = Instant::now();
     let mut shown = std::collections::HashSet::new();
-    let mut fault_on = false;
+    let mut last: serde_json::Value;
+    // When the fault began (unix ms), to time the rollback from.
+    let mut fault_at: Option<u64> = None;
     let mut finished_at = None;
     loop {
         if interrupted.load(Ordering::SeqCst) {
@@ -155,9 +158,12 @@ fn show(
             }
         }
         println!("{}", view::line(start.elapsed().as_secs(), &r));
-        if faulty && !fault_on && start.elapsed() >= FAULT_AFTER {
-            fault_on = true;
+        last = r.clone();
+        let at_fault_step = r["step"].as_u64().is_some_and(|s| s >= FAULT_AT_STEP)
+            && matches!(r["phase"].as_str(), Some("Progressing" | "Waiting"));
+        if faulty && fault_at.is_none() && at_fault_step {
             env.backends[1].set_fail_every(FAULT_EVERY);
+            fault_at = Some(unix_ms());
             println!(
                 "  !! the canary starts answering {}% of its requests 503",
                 100 / FAULT_EVERY
@@ -207,6 +213,23 @@ fn show(
         seen["error_kinds"],
         seen["http_5xx"].as_u64().unwrap_or(0) + seen["errors"].as_u64().unwrap_or(0)
     );
+    if let Some(fault) = fault_at {
+        let rolled_back = last["decisions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["phase"] == "RolledBack")
+            .and_then(|d| d["at_unix_ms"].as_u64());
+        match rolled_back {
+            Some(at) => println!(
+                "the canary was rolled back {:.1} s after its fault began, having answered {} \
+                 requests 503",
+                at.saturating_sub(fault) as f64 / 1e3,
+                count(1, "failed")
+            ),
+            None => println!("the canary was not rolled back"),
+        }
+    }
     Ok(())
 }
 

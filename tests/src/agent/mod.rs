@@ -211,10 +211,13 @@ impl Agent {
         )
     }
 
+    /// `sluice status --output json`, held to docs/status.schema.json.
     pub fn status(&self) -> serde_json::Value {
         let (ok, out, err) = self.sluice(&["status", "--output", "json"]);
         assert!(ok, "sluice status failed: {err}");
-        serde_json::from_str(&out).expect("status json")
+        let status = serde_json::from_str(&out).expect("status json");
+        crate::schema::assert_status_schema(&status);
+        status
     }
 
     /// One steering counter of one service, as the daemon reports it.

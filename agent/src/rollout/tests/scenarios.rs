@@ -108,7 +108,12 @@ fn no_traffic_waits_and_never_passes() {
         r.actions(),
         vec![Action::Start, Action::StepUp, Action::Wait]
     );
-    assert!(r.c.rollouts["web"].state.decision_counts[&Action::Wait] >= 9);
+    let state = &r.c.rollouts["web"].state;
+    let waits = state.decision_counts[&Action::Wait];
+    assert!(waits >= 9);
+    // ... and says how many waits it stands for, as the counts do.
+    let merged = state.decisions.back().expect("the wait");
+    assert_eq!(merged.repeats + 1, waits);
 }
 
 #[test]
