@@ -8,6 +8,10 @@ pub fn check(path: &Path, on_this_node: bool) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(exit::USAGE, &e),
     };
+    // Valid, but not as it reads: said, not refused.
+    for w in crate::rollout::warnings(&config) {
+        eprintln!("sluice: warning: {}: {}", w.key, w.message);
+    }
     if !on_this_node {
         let cgroup = config.cgroup.as_ref().map_or_else(
             || "the cgroup2 root".to_owned(),

@@ -24,6 +24,7 @@ pub fn run(path: &Path, format: LogFormat) -> ExitCode {
         Ok(bound) => bound,
         Err(e) => return fail(exit::USAGE, &e),
     };
+    crate::rollout::log_warnings(&config);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

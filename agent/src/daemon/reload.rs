@@ -63,6 +63,7 @@ impl Reloads {
             let parsed = tokio::task::spawn_blocking(move || {
                 config::parse(&path).and_then(|c| {
                     let node = config::bind(&c)?;
+                    crate::rollout::log_warnings(&c);
                     Ok((c, node))
                 })
             })

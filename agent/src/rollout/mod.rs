@@ -11,8 +11,10 @@
 //! - [`machine`]: one service's state machine; [`log`]: its decision log;
 //! - [`analysis`], [`evidence`], [`stats`], [`guard`]: the checks and the numbers behind them;
 //! - [`state`]: what is persisted; [`status`]: what `sluice status` shows;
+//! - [`advice`]: what a valid configuration is warned of;
 //! - [`clock`]: the injected clock.
 
+mod advice;
 mod analysis;
 pub mod clock;
 mod controller;
@@ -27,6 +29,7 @@ mod status;
 
 use std::time::Duration;
 
+pub use advice::{Warning, log_warnings, warnings};
 pub use clock::{Clock, Moment, SystemClock};
 pub use controller::{CommandError, Controller};
 pub use state::{StateError, state_file_is_ours};
