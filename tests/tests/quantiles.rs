@@ -1,7 +1,10 @@
 //! The latency the kernel reports, held to what the client measured: the median and p99
 //! time to first byte that `sluice status` shows (the quantiles the analysis reads, from
 //! the same histograms) are within 10 % of the client's own at 1, 10, 30, 100 and 300 ms.
-//! Needs root.
+//! The client times each request from its write to its answer's arrival at the client's
+//! socket (the kernel's receive timestamp, `SO_TIMESTAMPNS`): what the network and the
+//! server took, without the client thread's own wake-up, which no server-side or
+//! network-side measurement can see. Needs root.
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -405,7 +405,8 @@ impl Rollout {
         // `failure_threshold` forgives would have been followed by a pass by now.
         if self.state.failed_in_a_row > 0 {
             let reason = format!(
-                "{reason}; its last conclusive analysis failed ({} of {} in a row) and none                  has passed since",
+                "{reason}; its last conclusive analysis failed ({} of {} in a row) and none \
+                 has passed since",
                 self.state.failed_in_a_row, self.config.failure_threshold
             );
             self.roll_back(name, now, Action::Deadline, reason, results);

@@ -22,6 +22,7 @@ use std::{
 };
 
 mod load;
+mod timed;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -292,9 +293,11 @@ fn http_connections(target: SocketAddr, count: u64, paths: &[String]) -> HttpSee
         seen.connections += 1;
         s.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
-        let mut reader = BufReader::new(s.try_clone().expect("clone"));
+        let timed = timed::TimedStream::new(s.try_clone().expect("clone")).expect("timestamps");
+        let mut reader = BufReader::new(timed);
         for path in paths {
-            let started = std::time::Instant::now();
+            reader.get_mut().mark();
+            let sent_ns = timed::now_ns();
             let result = if path == "/continue" {
                 s.write_all(b"POST /continue HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n")
                     .and_then(|()| read_response(&mut reader))
@@ -310,7 +313,10 @@ fn http_connections(target: SocketAddr, count: u64, paths: &[String]) -> HttpSee
             match result {
                 Ok((status, served_by)) => {
                     *seen.statuses.entry(status).or_default() += 1;
-                    let us = started.elapsed().as_micros() as u64;
+                    // From the request's write to its answer's arrival at this socket (the
+                    // kernel's receive timestamp), so this thread's own wake-up is left out.
+                    let arrived = reader.get_ref().arrival_ns().unwrap_or_else(timed::now_ns);
+                    let us = arrived.saturating_sub(sent_ns) / 1_000;
                     seen.latencies_us.entry(served_by).or_default().push(us);
                 }
                 Err(e) => {
@@ -325,7 +331,7 @@ fn http_connections(target: SocketAddr, count: u64, paths: &[String]) -> HttpSee
 
 /// Reads one response (status line, headers, Content-Length body); returns its status and
 /// its `X-Served-By` header ("" without one).
-fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<(u16, String)> {
+fn read_response(reader: &mut impl std::io::BufRead) -> std::io::Result<(u16, String)> {
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
         return Err(std::io::Error::new(
