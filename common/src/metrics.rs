@@ -112,8 +112,8 @@ pub const HISTOGRAM_SLOTS: u32 = BUCKETS + 1;
 /// The latency histograms the analysis reads (connect, time to first byte) are log-linear,
 /// in microseconds: one bucket per microsecond below 8 µs, then each power of two split
 /// into `2^LATENCY_SUB_BITS` equal parts, up to 2^26 µs (67 s); one more bucket is +Inf. A
-/// bucket is at most an eighth of its lower bound wide, so a quantile interpolated inside
-/// it is off by at most that much, and by half of it for a value near the bucket's middle.
+/// bucket is at most an eighth of its lower bound wide, so its middle is within a
+/// sixteenth (6.25 %) of any duration in it: the quantiles the agent reads are middles.
 pub const LATENCY_SUB_BITS: u32 = 3;
 const LATENCY_SUBS: u64 = 1 << LATENCY_SUB_BITS;
 /// Powers of two above the linear part: 2^3 µs up to 2^26 µs.

@@ -222,10 +222,16 @@ fn rollout_details(r: &RolloutStatus) -> String {
     );
     for d in &r.decisions {
         let since = d.at_unix_ms.saturating_sub(r.started_unix_ms) as f64 / 1000.0;
+        // A run of waits is one entry, shown with how many it stands for (the last one's
+        // time and reason).
+        let action = match d.repeats {
+            0 => d.action.name().to_owned(),
+            n => format!("{} x{}", d.action.name(), n + 1),
+        };
         let _ = writeln!(
             out,
             "    +{since:>7.1}s  {:<14} -> {:<11} step {} at {}%: {}",
-            d.action.name(),
+            action,
             d.phase.name(),
             d.step,
             d.weight_percent,
