@@ -47,6 +47,14 @@ fn common_port(ips: &[&str]) -> u16 {
     }
 }
 
+/// An agent for `services`, its names answered by `dns`, started.
+fn start_agent(t: &str, cg: &TestCgroup, dns: &DnsServer, services: &str) -> Agent {
+    let mut agent = Agent::prepare(t, cg, "");
+    agent.write_raw_config(&agent.config_text_with(cg, &discovery(dns), services));
+    agent.spawn();
+    agent
+}
+
 fn named_service(vip: SocketAddr, port: u16, extra: &str) -> String {
     format!(
         "  - name: web\n    virtual_addresses: [\"{vip}\"]\n    \
@@ -133,13 +141,7 @@ fn a_canary_scaling_up_and_down_is_followed_within_a_ttl_and_stays_one_rollout()
     let rollout = "    rollout:\n      steps: [50, 60]\n      interval: 1h\n      \
                    min_samples: 1000000\n      deadline: 2h\n      \
                    checks: {max_connect_error_percent: 50}\n";
-    let mut agent = Agent::prepare(&t, &cg, "");
-    agent.write_raw_config(&agent.config_text_with(
-        &cg,
-        &discovery(&dns),
-        &named_service(vip, port, rollout),
-    ));
-    agent.spawn();
+    let agent = start_agent(&t, &cg, &dns, &named_service(vip, port, rollout));
     agent.wait_phase("web", "Progressing", Duration::from_secs(10));
     let before = rollout_decisions(&agent);
     assert_eq!(
@@ -238,13 +240,12 @@ fn a_dns_outage_servfail_and_empty_answer_keep_the_last_good_set() {
     dns.set(&DnsServer::name("stable"), &[ip(ips[0])]);
     dns.set(&DnsServer::name("canary"), &[ip(ips[1]), ip(ips[2])]);
     let vip = vip("127.77.54.1");
-    let mut agent = Agent::prepare(&t, &cg, "");
-    agent.write_raw_config(&agent.config_text_with(
+    let agent = start_agent(
+        &t,
         &cg,
-        &discovery(&dns),
+        &dns,
         &named_service(vip, port, "    canary_percent: 50\n"),
-    ));
-    agent.spawn();
+    );
     wait_canary_addresses(&agent, 2, Duration::from_secs(5));
 
     let steer_as_before = |phase: &str| {
@@ -369,9 +370,7 @@ fn a_name_that_never_resolved_serves_the_literals_or_refuses_to_start() {
     drop(agent);
 
     // serve (the default): the stable version steers to its literal backend meanwhile.
-    let mut agent = Agent::prepare(&t, &cg, "");
-    agent.write_raw_config(&agent.config_text_with(&cg, &discovery(&dns), &service));
-    agent.spawn();
+    let agent = start_agent(&t, &cg, &dns, &service);
     let r = probe(Some(&cg), vip, 500);
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert_eq!(r.from("literal"), 500, "{:?}", r.replies);
@@ -421,13 +420,12 @@ fn a_flapping_answer_loses_no_connection_and_never_half_applies() {
     };
     set_canary(flap_set(0));
     let vip = vip("127.77.56.1");
-    let mut agent = Agent::prepare(&t, &cg, "");
-    agent.write_raw_config(&agent.config_text_with(
+    let agent = start_agent(
+        &t,
         &cg,
-        &discovery(&dns),
+        &dns,
         &named_service(vip, port, "    canary_percent: 50\n"),
-    ));
-    agent.spawn();
+    );
     wait_canary_addresses(&agent, 2, Duration::from_secs(5));
 
     // 30 s of answers changing every second, under 200 new connections a second.
@@ -515,9 +513,7 @@ fn aaaa_records_and_a_named_virtual_address_steer_too() {
         v4_vip.port(),
         v4_backend.addr,
     );
-    let mut agent = Agent::prepare(&t, &cg, "");
-    agent.write_raw_config(&agent.config_text_with(&cg, &discovery(&dns), &services));
-    agent.spawn();
+    let agent = start_agent(&t, &cg, &dns, &services);
     let r = probe(Some(&cg), v6_vip, 200);
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert_eq!(r.from("v6"), 200, "{:?}", r.replies);

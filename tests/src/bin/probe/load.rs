@@ -99,7 +99,7 @@ fn request(target: SocketAddr) -> Result<u16, String> {
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .map_err(kind)?;
     let mut reader = BufReader::new(s);
-    super::read_response(&mut reader)
+    super::http::read_response(&mut reader)
         .map(|(status, _)| status)
         .map_err(kind)
 }
