@@ -8,7 +8,8 @@
 //! its state.
 //!
 //! - [`controller`]: across services (reconcile with the configuration, commands, shares);
-//! - [`machine`]: one service's state machine; [`log`]: its decision log;
+//! - [`machine`]: one service's state machine; [`log`]: its decision log; [`fail_fast`]:
+//!   its sequential test between analyses;
 //! - [`analysis`], [`evidence`], [`stats`], [`guard`]: the checks and the numbers behind them;
 //! - [`state`]: what is persisted; [`status`]: what `sluice status` shows;
 //! - [`advice`]: what a valid configuration is warned of;
@@ -19,6 +20,7 @@ mod analysis;
 pub mod clock;
 mod controller;
 mod evidence;
+mod fail_fast;
 mod guard;
 mod log;
 mod machine;
