@@ -10,10 +10,14 @@ pub mod daemon;
 pub mod dataplane;
 pub mod desired;
 pub mod discovery;
+pub mod drain;
 pub mod limits;
 pub mod metrics;
 pub mod rollout;
-#[expect(unsafe_code, reason = "the agent's one module of raw syscalls")]
+#[expect(
+    unsafe_code,
+    reason = "raw system calls: bpf, mount, capabilities, clocks"
+)]
 pub mod sys;
 pub mod view;
 

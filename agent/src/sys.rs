@@ -1,5 +1,6 @@
-//! The agent's only `unsafe`: two bpf(2) commands aya 0.14 does not expose publicly, the
-//! bpffs mount, and the effective uid.
+//! System calls: two bpf(2) commands aya 0.14 does not expose publicly, the bpffs mount, the
+//! effective uid and capabilities, the monotonic clock. (sock_diag and `setns`, the other
+//! `unsafe`, are the drainer's: `drain::diag`, `drain::netns`.)
 
 use std::{
     ffi::CString,
@@ -99,6 +100,18 @@ pub fn mount_bpffs(path: &Path) -> io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's `bpf_ktime_get_ns` and of TCP's
+/// departure stamps, so ages of sockets the kernel stamped can be read against it.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, ours; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 pub fn effective_uid() -> u32 {

@@ -8,6 +8,7 @@
 
 mod bounds;
 mod discovery;
+mod drain;
 mod duration;
 mod error;
 mod node;
@@ -20,6 +21,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 pub use bounds::{MAX_CONFIG_BYTES, read_regular_file};
 pub use discovery::{DiscoveryConfig, NameServers, Unresolved};
+pub use drain::{DEFAULT_DRAIN_GRACE, DEFAULT_NETNS_DIR, DrainConfig};
 pub use duration::duration;
 pub use error::ConfigError;
 pub use node::{Node, SegmentMember, bind, bind_under};
@@ -58,6 +60,9 @@ pub struct Config {
     pub socket_tag_slots: u32,
     /// How names (`dns:` backends and virtual addresses) are resolved.
     pub discovery: DiscoveryConfig,
+    /// Directories of pinned network namespaces whose connections may be drained, besides
+    /// those of the steered processes.
+    pub network_namespaces: Vec<PathBuf>,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -94,6 +99,10 @@ pub struct ServiceConfig {
     pub http1: bool,
     /// The controller walks the canary share up (`None`: the share is `canary_ppm`).
     pub rollout: Option<RolloutConfig>,
+    /// What happens to the canary's open connections when its share goes to 0.
+    pub drain: DrainConfig,
+    /// Steered connections older than this are ended at rest, so pools follow the share.
+    pub max_connection_age: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

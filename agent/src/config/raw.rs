@@ -25,6 +25,10 @@ pub struct RawConfig {
     pub socket_tag_slots: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub discovery: Option<RawDiscovery>,
+    /// Directories of pinned network namespaces to drain connections in (default
+    /// `["/run/netns"]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_namespaces: Option<Vec<String>>,
     /// Required, so that an empty or truncated file never reads as "no services": a
     /// configuration that steers nothing says `services: []`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,6 +60,21 @@ pub struct RawService {
     pub l7: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RawRollout>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain: Option<RawDrain>,
+    /// Steered connections older than this are ended between requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connection_age: Option<String>,
+}
+
+/// `drain:`: what happens to the canary's open connections when its share goes to 0.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrain {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_rollback: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grace: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

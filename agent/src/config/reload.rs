@@ -23,6 +23,8 @@ pub fn restart_only_change(current: &Config, next: &Config) -> Option<&'static s
         // Reloadable: the resolver is rebuilt and every name looked up again; the sets
         // found so far are kept until the new lookups answer.
         discovery: _,
+        // Reloadable: the drainer takes the new directories at its next look.
+        network_namespaces: _,
         // Reloadable: applied to the kernel transactionally.
         services: _,
     } = next;

@@ -89,6 +89,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
 
     let socket_tag_slots = socket_tag_slots(raw.socket_tag_slots)?;
     let discovery = super::discovery::discovery(raw.discovery)?;
+    let network_namespaces = super::drain::network_namespaces(raw.network_namespaces)?;
     let Some(raw_services) = raw.services else {
         return Err(ConfigError::invalid(
             "services",
@@ -129,6 +130,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         state_path,
         socket_tag_slots,
         discovery,
+        network_namespaces,
         services,
     })
 }
@@ -243,6 +245,11 @@ fn service(key: &str, raw: RawService) -> Result<ServiceConfig, ConfigError> {
             "the rollout sets the canary share; remove canary_percent (or the rollout)",
         ));
     }
+    let drain = super::drain::drain(&format!("{key}.drain"), raw.drain)?;
+    let max_connection_age = super::drain::max_connection_age(
+        &format!("{key}.max_connection_age"),
+        raw.max_connection_age.as_deref(),
+    )?;
     Ok(ServiceConfig {
         name: raw.name,
         virtual_addresses: vips,
@@ -254,6 +261,8 @@ fn service(key: &str, raw: RawService) -> Result<ServiceConfig, ConfigError> {
         segment,
         http1,
         rollout,
+        drain,
+        max_connection_age,
     })
 }
 

@@ -62,6 +62,7 @@ impl Daemon {
         };
         match self.dp.set_weight(&service, ppm) {
             Ok(previous) => {
+                self.tell_drainer();
                 tracing::info!(
                     service,
                     previous_percent = ppm_to_percent(previous),

@@ -27,6 +27,7 @@ use crate::{
     dataplane::{ApplyReport, CgroupChange, Dataplane, DataplaneError},
     desired::desired_state,
     discovery::{Discovery, DiscoveryError, Found},
+    drain::{DrainReport, Drainer, Update},
     metrics::{self, Scrape, ShareWindows},
     rollout::{self, Controller, Outcome, StateError, SystemClock},
     view::AgentHealth,
@@ -75,6 +76,8 @@ struct Daemon {
     /// The last discovered sets did not reach the kernel.
     discovery_unapplied: bool,
     dp: Dataplane,
+    /// Ends steered connections (rollbacks, maximum ages); started once the maps are pinned.
+    drainer: Option<Drainer>,
     health: AgentHealth,
 }
 
@@ -83,6 +86,7 @@ pub async fn run(config_path: PathBuf, config: Config, node: Node) -> Result<(),
         return Err(DaemonError::NotRoot);
     }
     privileges::check()?;
+    privileges::warn_without_setns();
     let mut watch = Watch::new(&config_path);
     // Both servers are bound before the kernel is touched: a daemon that cannot serve
     // refuses to start having changed nothing (and one already running is not disturbed).
@@ -102,6 +106,7 @@ pub async fn run(config_path: PathBuf, config: Config, node: Node) -> Result<(),
         discovery,
         discovery_unapplied: false,
         dp,
+        drainer: None,
         health: AgentHealth::default(),
     };
     let report = d.steer()?;
@@ -109,6 +114,16 @@ pub async fn run(config_path: PathBuf, config: Config, node: Node) -> Result<(),
         d.save();
     }
     let adopted = d.dp.attach()?;
+    let (drainer, mut drained) = Drainer::start(
+        d.dp.pin_dir(),
+        d.dp.cgroup(),
+        Update::new(&d.config, d.dp.applied()),
+    )
+    .map_err(|source| DataplaneError::Map {
+        name: "the drainer's maps",
+        source,
+    })?;
+    d.drainer = Some(drainer);
     let mut windows = ShareWindows::default();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -144,6 +159,7 @@ pub async fn run(config_path: PathBuf, config: Config, node: Node) -> Result<(),
                 reloads.finished(d.discovery.known());
             }
             Some(first) = found.recv() => d.discovered(first, &mut found),
+            Some(report) = drained.recv() => d.drained(report),
             _ = share_sample.tick() => match d.dp.share_counts() {
                 Ok(counts) => windows.record(&counts, std::time::Instant::now()),
                 Err(e) => tracing::warn!(error = %crate::error_chain(&e), "reading counters failed"),
@@ -200,7 +216,23 @@ impl Daemon {
             &self.rollouts.shares(),
             &self.discovery.resolved(),
         );
-        self.dp.apply(desired)
+        let report = self.dp.apply(desired)?;
+        self.tell_drainer();
+        Ok(report)
+    }
+
+    /// Wakes the drainer with the services as the kernel now holds them.
+    fn tell_drainer(&self) {
+        if let Some(drainer) = &self.drainer {
+            drainer.update(Update::new(&self.config, self.dp.applied()));
+        }
+    }
+
+    /// A finished drain: its numbers go with the rollback decision that caused it.
+    fn drained(&mut self, report: DrainReport) {
+        if self.rollouts.drained(&report) {
+            self.save();
+        }
     }
 
     /// Followers' lookups: this one and any already waiting, then one apply if a set
@@ -324,6 +356,11 @@ impl Daemon {
             &self.rollouts.statuses(),
             &discovery,
             &self.health,
+            &self
+                .drainer
+                .as_ref()
+                .map(Drainer::stats)
+                .unwrap_or_default(),
         )
         .map_err(|e| {
             tracing::error!(error = %e, "encoding metrics failed");

@@ -40,3 +40,17 @@ pub fn check() -> Result<(), PrivilegeError> {
         Err(PrivilegeError::Missing(missing.join(", ")))
     }
 }
+
+/// `CAP_SYS_ADMIN`: not needed to run, only for the drainer to enter network namespaces
+/// other than the agent's own (`setns`).
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// Says, once at start, when connections in other network namespaces cannot be drained.
+pub fn warn_without_setns() {
+    let effective = crate::sys::effective_capabilities().unwrap_or(0);
+    if effective & (1 << CAP_SYS_ADMIN) == 0 {
+        tracing::warn!(
+            "without CAP_SYS_ADMIN the agent cannot enter other network namespaces: a rollback drains canary connections only in its own (sluice_drain_unreachable_namespaces counts the others)"
+        );
+    }
+}

@@ -253,6 +253,11 @@ impl Dataplane {
         read::samples(&self.maps, wanted)
     }
 
+    /// The services as applied, each with its kernel id.
+    pub fn applied(&self) -> impl Iterator<Item = (&DesiredService, u32)> {
+        self.applied.iter().map(|(d, id)| (d, *id))
+    }
+
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
     }

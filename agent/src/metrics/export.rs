@@ -19,6 +19,7 @@ use super::{
     families::{Families, VERSIONS, VersionLabels, pair},
     rollout::rollout_series,
 };
+use crate::drain::{DrainStats, How, Reason};
 use crate::view::{
     AgentHealth, DiscoverySeries, LOOKUP_RESULTS, ReloadResult, RolloutStatus, ServiceSample,
 };
@@ -30,6 +31,7 @@ pub fn encode(
     rollouts: &[(String, RolloutStatus)],
     discovery: &[DiscoverySeries],
     health: &AgentHealth,
+    drain: &DrainStats,
 ) -> Result<String, prometheus::Error> {
     let mut f = Families::default();
     let info = vec![pair("version", env!("CARGO_PKG_VERSION"))];
@@ -57,6 +59,7 @@ pub fn encode(
         rollout_series(&mut f, service, r);
     }
     discovery_series(&mut f, discovery);
+    drain_series(&mut f, samples, drain);
     let mut out = String::default();
     TextEncoder::new().encode_utf8(&f.0, &mut out)?;
     Ok(out)
@@ -104,6 +107,42 @@ fn service_series(f: &mut Families, s: &ServiceSample, windows: &ShareWindows) {
             s.steer[i],
         );
     }
+}
+
+/// Every (reason, how) a connection can be ended for.
+const DRAIN_KINDS: [(Reason, How); 3] = [
+    (Reason::Rollback, How::Idle),
+    (Reason::Rollback, How::Grace),
+    (Reason::MaxAge, How::Idle),
+];
+
+fn drain_series(f: &mut Families, samples: &[ServiceSample], drain: &DrainStats) {
+    // Zeros too, for every service, so that `rate()` sees the first.
+    for s in samples {
+        for (reason, how) in DRAIN_KINDS {
+            let n = drain
+                .ended
+                .get(&(s.name.clone(), reason, how))
+                .copied()
+                .unwrap_or(0);
+            f.counter(
+                "sluice_connections_drained_total",
+                "Steered connections this agent ended: reason rollback (the canary's share went to 0) or max_connection_age; how idle (between requests) or grace (at the deadline, whatever it was doing).",
+                vec![
+                    pair("service", &s.name),
+                    pair("reason", reason.name()),
+                    pair("how", how.name()),
+                ],
+                n,
+            );
+        }
+    }
+    f.gauge(
+        "sluice_drain_unreachable_namespaces",
+        "Network namespaces of steered processes the agent could not enter (entering needs CAP_SYS_ADMIN): their connections are not drained.",
+        Vec::new(),
+        drain.unreachable_namespaces as f64,
+    );
 }
 
 fn discovery_series(f: &mut Families, series: &[DiscoverySeries]) {

@@ -197,6 +197,29 @@ impl Controller {
         }
     }
 
+    /// A drain of the service's canary connections finished: its numbers join the rollback
+    /// decision behind it (the latest, if it rolled back and has none yet). Whether the
+    /// state changed.
+    pub fn drained(&mut self, report: &crate::drain::DrainReport) -> bool {
+        let Some(r) = self.rollouts.get_mut(&report.service) else {
+            return false;
+        };
+        let Some(last) = r.state.decisions.back_mut() else {
+            return false;
+        };
+        if last.phase != Phase::RolledBack || last.drained.is_some() {
+            return false;
+        }
+        last.drained = Some(crate::view::Drained {
+            idle: report.idle,
+            at_grace: report.at_grace,
+            in_flight: report.in_flight,
+            seconds: report.seconds,
+            unreachable_namespaces: report.unreachable_namespaces as u64,
+        });
+        true
+    }
+
     pub fn promote(&mut self, service: &str) -> Result<Outcome, CommandError> {
         let (r, now) = self.live_rollout(service)?;
         r.state.weight_ppm = PPM;

@@ -45,6 +45,7 @@ impl Rollout {
             reason: reason.clone(),
             checks,
             repeats: 0,
+            drained: None,
         };
         // A run of waits at one step is one entry: keep the ring for decisions that matter.
         let ring = &mut self.state.decisions;

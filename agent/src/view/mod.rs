@@ -11,7 +11,7 @@ mod service;
 pub use discovery::{DiscoverySeries, LOOKUP_RESULTS, NameStatus};
 pub use health::{AgentHealth, ReloadResult};
 pub use rollout::{
-    Action, Check, CheckResult, Decision, Phase, RolloutStatus, Unit, Verdict, VersionLive,
-    fmt_duration,
+    Action, Check, CheckResult, Decision, Drained, Phase, RolloutStatus, Unit, Verdict,
+    VersionLive, fmt_duration,
 };
 pub use service::{ServiceSample, ServiceStatus, ShareCount};

@@ -142,6 +142,24 @@ pub struct Decision {
     /// are the last one's): `decision_counts` counts each of them.
     #[serde(default)]
     pub repeats: u64,
+    /// For a rollback: how its canary connections were ended, once that is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained: Option<Drained>,
+}
+
+/// How a rollback's open canary connections were ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Drained {
+    /// Ended between requests.
+    pub idle: u64,
+    /// Ended at the grace deadline.
+    pub at_grace: u64,
+    /// Of those, how many had an HTTP request waiting for its response.
+    pub in_flight: u64,
+    /// From the share reaching 0 to the last connection ended.
+    pub seconds: f64,
+    /// Network namespaces that could not be entered: their connections were not seen.
+    pub unreachable_namespaces: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
