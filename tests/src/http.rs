@@ -32,6 +32,8 @@ pub struct Seen {
     pub responses: BTreeMap<u16, u64>,
     pub interim: u64,
     pub resets: u64,
+    /// Connections that ended (the client closed or reset them, or a read failed).
+    pub ended: u64,
     /// When each connection was accepted, unix ms (bounded: the first 1 000 000).
     pub accepted_at: Vec<u64>,
 }
@@ -42,6 +44,8 @@ pub struct HttpBackend {
     /// `Behaviour::fail_every`, changeable while it runs.
     fail_every: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    /// The listening socket, to wake the accept loop from any thread or namespace.
+    listener: TcpListener,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -55,7 +59,13 @@ impl HttpBackend {
     /// On `addr` (port 0: a free one).
     pub fn start_at(addr: SocketAddr, behaviour: Behaviour) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr)?;
+        // A deeper accept queue than std's 128, for pools that connect thousands at once.
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: listen(2) again on a listening socket this function owns: only the
+        // backlog changes.
+        unsafe { libc::listen(listener.as_raw_fd(), 4096) };
         let addr = listener.local_addr()?;
+        let waker = listener.try_clone()?;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let counter = Arc::new(AtomicU64::new(0));
@@ -75,7 +85,10 @@ impl HttpBackend {
                     }
                 }
                 let (s, counter, fail) = (s.clone(), counter.clone(), fail.clone());
-                thread::spawn(move || serve(conn, behaviour.delay, &fail, &s, &counter));
+                thread::spawn(move || {
+                    serve(conn, behaviour.delay, &fail, &s, &counter);
+                    s.lock().expect("seen").ended += 1;
+                });
             }
         });
         Ok(Self {
@@ -83,6 +96,7 @@ impl HttpBackend {
             seen,
             fail_every,
             stop,
+            listener: waker,
             thread: Some(thread),
         })
     }
@@ -100,8 +114,11 @@ impl HttpBackend {
     /// (a crashed backend). What it saw stays readable.
     pub fn close(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop; it sees `stop`, returns, and drops the listener.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        // Wake the accept loop (a shut down listener fails every accept at once, in any
+        // network namespace); it sees `stop`, returns, and drops the listener.
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: shutdown(2) on a socket this struct owns.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -116,15 +133,14 @@ fn serve(
     counter: &AtomicU64,
 ) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(read_half) = conn.try_clone() else {
-        return;
-    };
     // Which backend answered, for clients that time each version on their own.
     let served_by = conn
         .local_addr()
         .map_or_else(|_| "?".to_owned(), |a| a.to_string());
-    let mut reader = BufReader::new(read_half);
-    let mut out = conn;
+    // Both halves borrow the one socket: one descriptor a connection, so a backend holds
+    // as many connections as the open-file limit.
+    let mut reader = BufReader::new(&conn);
+    let mut out = &conn;
     loop {
         let mut request_line = String::new();
         if !matches!(reader.read_line(&mut request_line), Ok(n) if n > 0) {
@@ -152,7 +168,7 @@ fn serve(
         seen.lock().expect("seen").requests += 1;
         if path == "/reset" {
             seen.lock().expect("seen").resets += 1;
-            crate::reset_on_close(&out);
+            crate::reset_on_close(out);
             return;
         }
         if expect_continue {

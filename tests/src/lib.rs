@@ -10,6 +10,7 @@ pub mod config;
 pub mod dns;
 pub mod http;
 pub mod load;
+pub mod pool;
 pub mod schema;
 
 use std::{net::SocketAddr, process::Command};

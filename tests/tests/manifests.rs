@@ -144,7 +144,7 @@ fn the_daemonset_holds_least_privilege_and_what_the_docs_say() {
     // Exactly what `sluice run` checks for (tests/tests/privileges.rs proves they suffice).
     assert_eq!(
         strings(&sc["capabilities"]["add"]),
-        ["BPF", "NET_ADMIN", "PERFMON"]
+        ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN"]
     );
     assert_ne!(pod["hostNetwork"], Value::Bool(true));
     assert_eq!(

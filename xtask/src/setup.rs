@@ -238,15 +238,19 @@ fn bpffs() -> anyhow::Result<()> {
 }
 
 /// Debian tools the kernel tests use as independent witnesses: bpftool (maps, attachments),
-/// Prometheus with promtool (scrapes and PromQL), and BIND with nsupdate (the DNS server the
-/// discovery tests change records on). Nothing is started here.
+/// Prometheus with promtool (scrapes and PromQL), BIND with nsupdate (the DNS server the
+/// discovery tests change records on), and the drain tests' clients: urllib3's pool (which
+/// checks a pooled connection before reusing it) and wrk (which does not), with iproute2
+/// for their network namespaces. Nothing is started here.
 fn debian_tools() -> anyhow::Result<()> {
-    let missing: Vec<&str> = [
+    let mut missing: Vec<&str> = [
         ("bpftool", "bpftool"),
         ("prometheus", "prometheus"),
         ("promtool", "prometheus"),
         ("named", "bind9"),
         ("nsupdate", "bind9-dnsutils"),
+        ("wrk", "wrk"),
+        ("ip", "iproute2"),
     ]
     .iter()
     .filter(|(bin, _)| {
@@ -257,6 +261,14 @@ fn debian_tools() -> anyhow::Result<()> {
     })
     .map(|(_, pkg)| *pkg)
     .collect();
+    // The drain tests' pooled client: urllib3 for Debian's own interpreter.
+    let urllib3 = Command::new("/usr/bin/python3")
+        .args(["-c", "import urllib3"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !urllib3 {
+        missing.push("python3-urllib3");
+    }
     if missing.is_empty() {
         return Ok(());
     }

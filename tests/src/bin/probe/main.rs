@@ -6,6 +6,9 @@
 //! `--load RATE --seconds S --threads N [--stop-file F]`: HTTP GETs at a fixed rate, one new connection
 //! each (so each request is steered anew), for a bounded time; see `load.rs`.
 //!
+//! `--pool N --interval-ms I --seconds S`: a keep-alive pool of N connections that checks
+//! each before reuse; see `pool.rs`.
+//!
 //! `--count N [--rate R] [--parallel P]` paces the connections, and spreads them over P
 //! threads, each connecting one at a time (default 1: strictly one after another);
 //! `--until NAME --seconds S` connects until NAME answers (the time a share change takes to
@@ -23,6 +26,7 @@ use std::{
 
 mod http;
 mod load;
+mod pool;
 mod timed;
 
 fn main() {
@@ -52,6 +56,11 @@ fn main() {
             .position(|a| a == "--stop-file")
             .map(|i| std::path::PathBuf::from(&args[i + 1]));
         load::run(target, rate, seconds, threads, stop_file);
+    } else if let Some(i) = args.iter().position(|a| a == "--pool") {
+        let n: usize = args[i + 1].parse().expect("--pool CONNECTIONS");
+        let interval: u64 = arg("--interval-ms").parse().expect("--interval-ms MS");
+        let seconds: f64 = arg("--seconds").parse().expect("--seconds S");
+        pool::run(target, n, Duration::from_millis(interval), seconds);
     } else if args.iter().any(|a| a == "--hold") {
         hold(target);
     } else if let Some(i) = args.iter().position(|a| a == "--syncnt") {

@@ -1,0 +1,471 @@
+//! Draining pooled connections, end to end: real kernel programs, real keep-alive pools
+//! (urllib3's, which checks a pooled connection before reusing it, and wrk, which does
+//! not), real servers. What is asserted is what the clients and servers saw. Needs root.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use sluice_tests::{
+    Agent, TestCgroup,
+    http::{Behaviour, HttpBackend},
+    load::unix_ms,
+    pool::{Netns, PoolRun, PooledClient, urllib3_present},
+    root_or_skip, tag, unused_port,
+};
+
+fn ready(test: &str) -> bool {
+    if !root_or_skip(test) {
+        return false;
+    }
+    assert!(
+        urllib3_present(),
+        "{test}: needs Debian's python3-urllib3 (cargo xtask test installs it)"
+    );
+    true
+}
+
+fn service(
+    name: &str,
+    vip: SocketAddr,
+    stable: SocketAddr,
+    canary: SocketAddr,
+    extra: &str,
+) -> String {
+    format!(
+        "  - name: {name}\n    virtual_addresses: [\"{vip}\"]\n    \
+         stable: [{{address: \"{stable}\"}}]\n    canary: [{{address: \"{canary}\"}}]\n{extra}"
+    )
+}
+
+/// One keep-alive GET on an open connection; the status.
+fn get_on(s: &mut TcpStream) -> std::io::Result<u16> {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut status = String::new();
+    r.read_line(&mut status)?;
+    let mut length = 0;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h)?;
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if h == "\r\n" || h.is_empty() {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    r.read_exact(&mut body)?;
+    status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status:?}")))
+}
+
+fn drained_total(agent: &Agent, service: &str, reason: &str) -> u64 {
+    let (_, text) = sluice_tests::http::get(agent.metrics_addr(), "/metrics");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("sluice_connections_drained_total{")
+                && l.contains(&format!("service=\"{service}\""))
+                && l.contains(&format!("reason=\"{reason}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A pool of 8 at 200 requests/s, a canary that starts failing 1 in 3, the rollout rolling
+/// back (the guard, or failing early). The client and its servers live in a network namespace of
+/// their own (as a pod's do), found only through the client's process.
+#[test]
+fn a_rollback_reaches_a_pooled_client_in_its_own_namespace() {
+    let test = "a_rollback_reaches_a_pooled_client_in_its_own_namespace";
+    if !ready(test) {
+        return;
+    }
+    let t = tag("drain-pool");
+    let cg = TestCgroup::new(&t);
+    let ns = Netns::new(&t);
+    // Answers that take 20 ms keep several of the pool's connections busy at once.
+    let slow = Behaviour {
+        delay: Duration::from_millis(20),
+        ..Behaviour::default()
+    };
+    let (mut stable, mut canary) = ns.within(|| {
+        (
+            HttpBackend::start("127.0.0.1", slow),
+            HttpBackend::start("127.0.0.1", slow),
+        )
+    });
+    let vip: SocketAddr = format!("127.0.0.1:{}", unused_port("127.0.0.1"))
+        .parse()
+        .expect("as the test set it up");
+    let rollout = "    l7: http1\n    rollout:\n      steps: [50, 80]\n      interval: 1h\n      \
+                   guard: {last: 20, max_failures: 10}\n";
+    let mut agent = Agent::prepare(
+        &t,
+        &cg,
+        &service("web", vip, stable.addr, canary.addr, rollout),
+    );
+    let text = agent.config_text_with(
+        &cg,
+        // Only the client's process leads to its namespace.
+        "network_namespaces: []",
+        &service("web", vip, stable.addr, canary.addr, rollout),
+    );
+    agent.write_raw_config(&text);
+    agent.spawn();
+    agent.wait_phase("web", "Progressing", Duration::from_secs(5));
+    // A connection that is not sluice's: outside the cgroup, straight to the canary.
+    let mut foreign = ns.within(|| TcpStream::connect(canary.addr).expect("foreign connection"));
+    foreign
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("as the test set it up");
+    get_on(&mut foreign).expect("foreign request");
+
+    // At 50 % a pool of 8 draws no canary connection once in 256 runs: then draw again.
+    let foreign_requests = canary.seen().requests;
+    let mut client = None;
+    for _ in 0..4 {
+        let c = PooledClient::start(&cg, Some(&ns), vip, 8, 200.0, 10.0);
+        std::thread::sleep(Duration::from_secs(2));
+        if canary.seen().requests > foreign_requests {
+            client = Some(c);
+            break;
+        }
+        drop(c);
+    }
+    let client = client.expect("the pool drew a canary connection in 4 tries");
+    canary.set_fail_every(3);
+    let r = agent.wait_phase("web", "RolledBack", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(2));
+    // While the pool still runs: every canary connection ended, no stable one did.
+    let (stable_ended, canary_ended) = (stable.seen().ended, canary.seen().ended);
+    // Every canary connection the pool opened (less the foreign one): none since the rollback.
+    let canary_connections = canary.seen().connections - 1;
+    let run = client.finish();
+    let decision = r["decisions"]
+        .as_array()
+        .expect("as the test set it up")
+        .iter()
+        .find(|d| d["phase"] == "RolledBack")
+        .unwrap_or_else(|| panic!("no rollback in {r:#}"))
+        .clone();
+    let at_zero = decision["at_unix_ms"]
+        .as_u64()
+        .expect("as the test set it up");
+    let from_canary = run.from(canary.addr);
+    let last_canary = from_canary
+        .iter()
+        .map(|a| a.at_unix_ms)
+        .max()
+        .expect("as the test set it up");
+    let errors = run.errors();
+    println!(
+        "pooled rollback: {} requests, {} from the canary ({} of them 503) on {canary_connections} \
+         canary connections; last canary answer {} ms after the share reached 0; {} failed; \
+         stable accepted {} connections",
+        run.answers.len(),
+        from_canary.len(),
+        from_canary.iter().filter(|a| a.status == 503).count(),
+        last_canary as i64 - at_zero as i64,
+        errors.len(),
+        stable.seen().connections
+    );
+    assert!(
+        last_canary <= at_zero + 1_000,
+        "a canary answer {} ms after the share reached 0",
+        last_canary - at_zero
+    );
+    assert!(errors.is_empty(), "requests failed: {errors:?}");
+    assert_eq!(stable_ended, 0, "a stable connection was ended");
+    assert_eq!(
+        canary_ended, canary_connections,
+        "every canary connection of the pool ended"
+    );
+    // The connection that is not sluice's is untouched.
+    get_on(&mut foreign).expect("the foreign connection still works");
+    // The evidence: on the decision, in the metrics.
+    let end = Instant::now() + Duration::from_secs(3);
+    let drained = loop {
+        let r = agent.rollout("web");
+        let d = r["decisions"]
+            .as_array()
+            .expect("as the test set it up")
+            .iter()
+            .find(|d| d["phase"] == "RolledBack")
+            .and_then(|d| d.get("drained").cloned());
+        if let Some(d) = d {
+            break d;
+        }
+        assert!(Instant::now() < end, "no drain on the decision: {r:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        drained["idle"].as_u64().expect("as the test set it up")
+            + drained["at_grace"].as_u64().expect("as the test set it up"),
+        canary_connections
+    );
+    assert_eq!(drained["unreachable_namespaces"], 0);
+    assert_eq!(drained_total(&agent, "web", "rollback"), canary_connections);
+    drop(foreign);
+    ns.within(|| {
+        stable.close();
+        canary.close();
+    });
+}
+
+/// wrk keeps its connections and never checks them: a drained connection fails its next
+/// request (a read error), and wrk reconnects, to stable. The share goes to 0 by an
+/// operator (`sluice weight`), not a rollout.
+#[test]
+fn a_client_that_never_checks_its_pool_sees_the_drain_as_errors() {
+    let test = "a_client_that_never_checks_its_pool_sees_the_drain_as_errors";
+    if !ready(test) {
+        return;
+    }
+    let t = tag("drain-wrk");
+    let cg = TestCgroup::new(&t);
+    let stable = HttpBackend::start("127.0.0.1", Behaviour::default());
+    let canary = HttpBackend::start("127.0.0.1", Behaviour::default());
+    let vip: SocketAddr = format!("127.0.0.1:{}", unused_port("127.0.0.1"))
+        .parse()
+        .expect("as the test set it up");
+    let yaml = service(
+        "web",
+        vip,
+        stable.addr,
+        canary.addr,
+        "    l7: http1\n    canary_percent: 50\n",
+    );
+    let agent = Agent::start(&t, &cg, &yaml);
+    let procs = cg.path().join("cgroup.procs");
+    let wrk = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && exec wrk -t 2 -c 8 -d 6s http://{vip}/",
+            procs.display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("wrk");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(canary.seen().requests > 0, "wrk drew no canary connection");
+    agent.weight("web", 0.0);
+    let at_zero = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let canary_then = canary.seen().requests;
+    let out = wrk.wait_with_output().expect("wrk");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let canary_after = canary.seen().requests - canary_then;
+    let errors = report
+        .lines()
+        .find(|l| l.contains("Socket errors"))
+        .unwrap_or("Socket errors: none")
+        .trim()
+        .to_owned();
+    println!(
+        "wrk: {} canary requests later than {:?} after the share reached 0; {errors}",
+        canary_after,
+        at_zero.elapsed().min(Duration::from_secs(1))
+    );
+    assert_eq!(
+        canary_after, 0,
+        "the canary answered after its connections were drained"
+    );
+    assert!(stable.seen().requests > 0);
+}
+
+/// A pool of 8 connections at a 10 % share: with `max_connection_age: 5s` its connections
+/// are drawn again and again, and its share of requests goes to 10 %; without, it keeps
+/// what it drew.
+#[test]
+fn max_connection_age_makes_a_pool_follow_the_weight() {
+    let test = "max_connection_age_makes_a_pool_follow_the_weight";
+    if !ready(test) {
+        return;
+    }
+    let t = tag("drain-age");
+    let cg = TestCgroup::new(&t);
+    // Each service has its own backends: the servers count each pool's connections.
+    // Answers that take 20 ms keep several of a pool's connections busy at once.
+    let slow = Behaviour {
+        delay: Duration::from_millis(20),
+        ..Behaviour::default()
+    };
+    let start = || HttpBackend::start("127.0.0.1", slow);
+    let (stable, canary, kept_stable, kept_canary) = (start(), start(), start(), start());
+    let aged_vip: SocketAddr = format!("127.0.0.1:{}", unused_port("127.0.0.1"))
+        .parse()
+        .expect("as the test set it up");
+    let kept_vip: SocketAddr = format!("127.0.0.1:{}", unused_port("127.0.0.1"))
+        .parse()
+        .expect("as the test set it up");
+    let yaml = service(
+        "aged",
+        aged_vip,
+        stable.addr,
+        canary.addr,
+        "    l7: http1\n    canary_percent: 10\n    max_connection_age: 5s\n",
+    ) + &service(
+        "kept",
+        kept_vip,
+        kept_stable.addr,
+        kept_canary.addr,
+        "    l7: http1\n    canary_percent: 10\n",
+    );
+    let agent = Agent::start(&t, &cg, &yaml);
+    let started = unix_ms();
+    // Each of 8 threads with a connection of its own: the request share is the share of
+    // the connections, each connection a draw.
+    let aged = PooledClient::start_per_thread(&cg, aged_vip, 8, 200.0, 25.0);
+    let kept = PooledClient::start_per_thread(&cg, kept_vip, 8, 200.0, 25.0);
+    // Counted while the pools still run (their connections end when they exit).
+    std::thread::sleep(Duration::from_secs(24));
+    let kept_ended = kept_stable.seen().ended + kept_canary.seen().ended;
+    let (aged, kept) = (aged.finish(), kept.finish());
+    let share = |run: &PoolRun, canary: SocketAddr, from_ms: u64| {
+        let late: Vec<_> = run
+            .answers
+            .iter()
+            .filter(|a| a.at_unix_ms >= from_ms)
+            .collect();
+        let c = late
+            .iter()
+            .filter(|a| a.served_by.as_deref() == Some(canary.to_string().as_str()))
+            .count();
+        c as f64 / late.len() as f64
+    };
+    // After three ages.
+    let from = started + 15_000;
+    let aged_share = share(&aged, canary.addr, from);
+    let kept_share = share(&kept, kept_canary.addr, from);
+    // Connections as the servers accepted them (the pool reconnects a dropped connection
+    // without counting it as new).
+    let aged_connections = stable.seen().connections + canary.seen().connections;
+    let kept_connections = kept_stable.seen().connections + kept_canary.seen().connections;
+    // Each connection is one draw of the share, so the request share's spread is that of
+    // the draws behind the window: those opened at most an age before it.
+    let draws = [&stable, &canary]
+        .iter()
+        .flat_map(|b| b.seen().accepted_at)
+        .filter(|&at| at + 5_000 >= from)
+        .count()
+        .max(1) as f64;
+    let sd = (0.1 * 0.9 / draws).sqrt();
+    println!(
+        "max_connection_age 5s: {} connections over 25 s, canary share of requests after 15 s \
+         {:.1} % (10 % ± {:.1} % for 3 sd); without: {} connections, share {:.1} %; errors {} / {}",
+        aged_connections,
+        100.0 * aged_share,
+        300.0 * sd,
+        kept_connections,
+        100.0 * kept_share,
+        aged.errors().len(),
+        kept.errors().len()
+    );
+    assert!(aged.errors().is_empty(), "{:?}", aged.errors());
+    assert!((aged_share - 0.1).abs() <= 3.0 * sd, "share {aged_share}");
+    let pool = kept_connections;
+    assert!(
+        aged_connections >= pool * 3,
+        "{aged_connections} connections: each of the pool's {pool} re-drawn at least twice"
+    );
+    assert!(aged.errors().is_empty(), "{:?}", aged.errors());
+    assert!(
+        kept_connections <= 8,
+        "without an age the pool keeps its connections"
+    );
+    assert!(kept.errors().is_empty());
+    assert_eq!(kept_ended, 0, "without an age no connection is ended");
+    assert!(drained_total(&agent, "aged", "max_connection_age") >= 2 * pool);
+    assert_eq!(drained_total(&agent, "kept", "max_connection_age"), 0);
+}
+
+/// The agent is killed with a drain under way (a busy grace, no HTTP parsing): the next
+/// agent finds the canary at 0 and finishes it.
+#[test]
+fn a_drain_cut_short_by_a_restart_is_redone() {
+    let test = "a_drain_cut_short_by_a_restart_is_redone";
+    if !ready(test) {
+        return;
+    }
+    let t = tag("drain-restart");
+    let cg = TestCgroup::new(&t);
+    let stable = HttpBackend::start("127.0.0.1", Behaviour::default());
+    let canary = HttpBackend::start("127.0.0.1", Behaviour::default());
+    let vip: SocketAddr = format!("127.0.0.1:{}", unused_port("127.0.0.1"))
+        .parse()
+        .expect("as the test set it up");
+    let long = service(
+        "web",
+        vip,
+        stable.addr,
+        canary.addr,
+        "    canary_percent: 50\n    drain: {grace: 1h}\n",
+    );
+    let mut agent = Agent::start(&t, &cg, &long);
+    let mut client = None;
+    for _ in 0..4 {
+        let c = PooledClient::start(&cg, None, vip, 8, 40.0, 10.0);
+        std::thread::sleep(Duration::from_secs(1));
+        if canary.seen().requests > 0 {
+            client = Some(c);
+            break;
+        }
+        drop(c);
+    }
+    let client = client.expect("the pool drew a canary connection in 4 tries");
+    agent.weight("web", 0.0);
+    std::thread::sleep(Duration::from_millis(500));
+    agent.kill9();
+    // Half done: the grace is an hour, so the canary still serves its connections.
+    let before = canary.seen().requests;
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        canary.seen().requests > before,
+        "the canary connections were still open"
+    );
+    agent.write_config(
+        &cg,
+        &service(
+            "web",
+            vip,
+            stable.addr,
+            canary.addr,
+            "    canary_percent: 50\n    drain: {grace: 1s}\n",
+        ),
+    );
+    agent.spawn();
+    agent.wait_log(
+        "drained the canary's connections",
+        1,
+        Duration::from_secs(5),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let then = canary.seen().requests;
+    let run = client.finish();
+    println!(
+        "restart mid-drain: canary answered {} requests after the new agent's drain; {} \
+         requests failed (at the grace, no HTTP parsing)",
+        canary.seen().requests - then,
+        run.errors().len()
+    );
+    assert_eq!(
+        canary.seen().requests,
+        then,
+        "the new agent finished the drain"
+    );
+    // The runtime share survived the restart: the canary took no new connection.
+    assert!(
+        agent.service("web")["canary_percent"]
+            .as_f64()
+            .unwrap_or(0.0)
+            == 0.0
+    );
+}
