@@ -44,6 +44,11 @@ enum Command {
         /// target/bench-discovery/report.{json,md}.
         #[arg(long, conflicts_with_all = ["quick", "signals"])]
         discovery: bool,
+        /// Only draining: how fast a share of 0 reaches pools of 8, 1 000 and 10 000
+        /// keep-alive connections, and what `max_connection_age` costs a closed-loop pool
+        /// (about two minutes); writes target/bench-drain/report.{json,md}.
+        #[arg(long, conflicts_with_all = ["quick", "signals", "discovery"])]
+        drain: bool,
         /// Services a side with --discovery.
         #[arg(long, default_value_t = 1000, requires = "discovery")]
         services: u32,
@@ -82,13 +87,16 @@ fn main() -> anyhow::Result<()> {
             quick,
             signals,
             discovery,
+            drain,
             services,
             window,
             rounds,
             seconds,
             perf,
         } => {
-            if discovery {
+            if drain {
+                bench::drain::run()
+            } else if discovery {
                 bench::discovery::run(services, window)
             } else if signals {
                 bench::signals::run(rounds, seconds, perf)

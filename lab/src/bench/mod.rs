@@ -6,6 +6,7 @@
 
 mod agents;
 pub mod discovery;
+pub mod drain;
 mod env;
 mod host;
 mod kernel_time;
