@@ -68,24 +68,36 @@ pub enum Verdict {
     End(Reason, How),
 }
 
-/// Whether a connection rests between exchanges: nothing unread by the application,
-/// nothing unacknowledged by the peer, and
+/// A response this recent (ms, as `tcp_info` gives it: in whole ticks of the kernel's clock,
+/// up to 10 ms at 100 Hz) means the connection was answered a moment ago.
+pub const JUST_ANSWERED_MS: u32 = 10;
+/// Nothing sent for this long (ms) is an idle connection: a client whose next request
+/// falls in the microseconds between its check and its send is one sending less often
+/// than 4 times a second, and then only for that fraction of its pause.
+pub const IDLE_MS: u32 = 250;
+
+/// Whether a connection rests between exchanges at a moment when ending it is safe:
+/// nothing unread by the application, nothing unacknowledged by the peer, and
 /// - with HTTP parsing (the service's `l7: http1`, with signals on), no request waiting for
-///   its response: an HTTP/1.1 client sends its next request only after reading the whole
-///   previous response, so a connection with nothing outstanding and nothing unread is
-///   between requests;
+///   its response (an HTTP/1.1 client sends its next request only after reading the whole
+///   previous one), and either the answer came a moment ago or nothing was sent for a
+///   second. Ending it at a random moment of its rest would race the client's next
+///   request: a pool checks a connection, then sends, and an end between the two loses
+///   that request. Right after an answer the client is reading it, far from its next check;
+///   after a quarter of a second of silence its next request is unlikely to fall in that
+///   gap.
 /// - without it, the peer spoke last (a client's request was answered), and no data for two
 ///   round trips (at least a millisecond, the kernel's resolution).
 ///
-/// Races are bounded, not excluded: an application that sends right after this was read
-/// loses that request. The drainer reads the tag again just before it ends an HTTP
-/// connection, which leaves microseconds.
+/// Races are bounded, not excluded: a client that sends at once after reading an answer,
+/// as a pool in constant use does, can still lose one request.
 pub fn at_rest(s: &TcpSocket, tag: &SockTag, http1: bool) -> bool {
     if s.unread != 0 || s.unacked != 0 {
         return false;
     }
     if http1 {
-        return tag.outstanding == 0;
+        return tag.outstanding == 0
+            && (s.last_received_ms <= JUST_ANSWERED_MS || s.last_sent_ms >= IDLE_MS);
     }
     let quiet_ms = (2 * u64::from(s.rtt_us)).div_ceil(1000).max(1);
     u64::from(s.last_received_ms) >= quiet_ms
@@ -149,6 +161,7 @@ mod tests {
         }
     }
 
+    /// Answered 4 ms ago, its request sent 5 ms ago.
     fn resting() -> TcpSocket {
         TcpSocket {
             family: libc::AF_INET as u8,
@@ -156,8 +169,8 @@ mod tests {
             id: SockId([0; 48]),
             unread: 0,
             unacked: 0,
-            last_sent_ms: 40,
-            last_received_ms: 39,
+            last_sent_ms: 5,
+            last_received_ms: 4,
             rtt_us: 50,
         }
     }
@@ -200,6 +213,30 @@ mod tests {
         ] {
             assert_eq!(rollback(&p, &s, &idle, at, now), Verdict::Wait);
         }
+    }
+
+    #[test]
+    fn an_http_connection_ends_right_after_an_answer_or_when_idle_not_in_between() {
+        let p = policy(true);
+        let at = CANARY.parse().expect("test setup");
+        let idle = tag(VERSION_CANARY, true, false);
+        let now = Duration::ZERO;
+        // 30 ms into the pause between two requests: the next one may be near.
+        let between = TcpSocket {
+            last_sent_ms: 31,
+            last_received_ms: 30,
+            ..resting()
+        };
+        assert_eq!(rollback(&p, &between, &idle, at, now), Verdict::Wait);
+        let quiet = TcpSocket {
+            last_sent_ms: 300,
+            last_received_ms: 299,
+            ..resting()
+        };
+        assert_eq!(
+            rollback(&p, &quiet, &idle, at, now),
+            Verdict::End(Reason::Rollback, How::Idle)
+        );
     }
 
     #[test]
@@ -251,8 +288,8 @@ mod tests {
         );
         // Without HTTP parsing, at rest means the peer spoke last.
         let waiting = TcpSocket {
-            last_sent_ms: 10,
-            last_received_ms: 30,
+            last_sent_ms: 1,
+            last_received_ms: 3,
             ..resting()
         };
         assert_eq!(max_age(&p, &waiting, &t, old), Verdict::Wait);

@@ -20,18 +20,24 @@ use super::{
 
 /// How often shares are read when nothing wakes the thread.
 const IDLE_TICK: Duration = Duration::from_millis(250);
-/// How often sockets are listed while a drain is under way.
-const DRAIN_TICK: Duration = Duration::from_millis(50);
+/// The pause between scans while a drain waits on busy HTTP connections (each scan also
+/// watches them for `WATCH_BUDGET`).
+const DRAIN_TICK: Duration = Duration::from_millis(5);
+/// How often while a drain only waits for its grace (connections without HTTP parsing):
+/// no new canary connection can appear, so the next look that matters is the deadline.
+const GRACE_TICK: Duration = Duration::from_secs(1);
 /// Bounds of the interval between age scans (a quarter of the shortest age).
 const AGE_SCAN_MIN: Duration = Duration::from_millis(250);
 const AGE_SCAN_MAX: Duration = Duration::from_secs(5);
 /// While a drain waits on busy HTTP connections, each is looked at on its own this often,
-/// for up to `WATCH_BUDGET` a scan: a pooled connection in constant use rests between a
-/// response and the next request for as little as a millisecond.
+/// for up to `WATCH_BUDGET` a scan, to catch it right after an answer ([`plan::at_rest`]):
+/// a pooled connection in constant use rests between a response and the next request for
+/// as little as a millisecond.
 const WATCH_EVERY: Duration = Duration::from_micros(500);
-const WATCH_BUDGET: Duration = Duration::from_millis(50);
-/// At most this many busy connections are watched one by one; the rest wait for the scans.
-const WATCH_MAX: usize = 256;
+const WATCH_BUDGET: Duration = Duration::from_millis(250);
+/// At most this many busy connections are watched one by one (a pass over them takes
+/// about 15 µs each); the rest wait for the scans.
+const WATCH_MAX: usize = 1_024;
 
 /// A drain under way.
 struct Drain {
@@ -55,6 +61,8 @@ pub struct Worker {
     off: HashMap<String, bool>,
     drains: HashMap<String, Drain>,
     next_age_scan: Instant,
+    /// The last scan left busy HTTP connections of a drain waiting.
+    hot: bool,
     /// When sockets without a kernel timestamp were first listed (signals off).
     first_seen: HashMap<u64, Instant>,
 }
@@ -77,6 +85,7 @@ impl Worker {
             off: HashMap::new(),
             drains: HashMap::new(),
             next_age_scan: Instant::now(),
+            hot: false,
             first_seen: HashMap::new(),
         }
     }
@@ -88,11 +97,7 @@ impl Worker {
             if !self.drains.is_empty() || age_due {
                 self.scan(age_due);
             }
-            let wait = if self.drains.is_empty() {
-                IDLE_TICK
-            } else {
-                DRAIN_TICK
-            };
+            let wait = self.next_look();
             match updates.recv_timeout(wait) {
                 Ok(u) => {
                     self.update = u;
@@ -139,6 +144,26 @@ impl Worker {
         self.drains.retain(|n, _| names.contains(n));
     }
 
+    /// How long to sleep before the next look.
+    fn next_look(&self) -> Duration {
+        if self.drains.is_empty() {
+            return IDLE_TICK;
+        }
+        if self.hot {
+            return DRAIN_TICK;
+        }
+        let now = Instant::now();
+        let grace_due = self
+            .update
+            .policies
+            .iter()
+            .filter_map(|p| Some(self.drains.get(&p.name)?.since + p.grace))
+            .map(|at| at.saturating_duration_since(now))
+            .min()
+            .unwrap_or(GRACE_TICK);
+        grace_due.clamp(DRAIN_TICK, GRACE_TICK)
+    }
+
     fn age_scan_period(&self) -> Option<Duration> {
         self.update
             .policies
@@ -161,6 +186,7 @@ impl Worker {
         let mut listed = HashSet::new();
         let watch_until = now + WATCH_BUDGET;
         let mut watched = 0;
+        self.hot = false;
         let namespaces = self
             .namespaces
             .refresh(&self.cgroup, &self.update.netns_dirs);
@@ -205,6 +231,9 @@ impl Worker {
                         } else {
                             Reason::MaxAge
                         };
+                        if draining && p.http1 {
+                            self.hot = true;
+                        }
                         if p.http1 && watched < WATCH_MAX {
                             watched += 1;
                             busy.push((s, p.name.clone(), reason));
@@ -340,8 +369,8 @@ impl Worker {
     }
 }
 
-/// Looks at each busy HTTP connection (to drain, or past its age) on its own until it rests (then ends it), closes
-/// by itself, or `until` passes. What is left in `busy` still waits.
+/// Looks at each busy HTTP connection (to drain, or past its age) on its own until it rests
+/// (then ends it), closes by itself, or `until` passes. What is left in `busy` still waits.
 fn watch_busy(
     kernel: &Kernel,
     diag: &mut super::diag::Diag,
