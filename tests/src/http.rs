@@ -36,6 +36,8 @@ pub struct Seen {
     pub ended: u64,
     /// When each connection was accepted, unix ms (bounded: the first 1 000 000).
     pub accepted_at: Vec<u64>,
+    /// When each of those ended, unix ms (0: still open), by the same index.
+    pub ended_at: Vec<u64>,
 }
 
 pub struct HttpBackend {
@@ -77,17 +79,23 @@ impl HttpBackend {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                {
+                let index = {
                     let mut seen = s.lock().expect("seen");
                     seen.connections += 1;
-                    if seen.accepted_at.len() < 1_000_000 {
+                    (seen.accepted_at.len() < 1_000_000).then(|| {
                         seen.accepted_at.push(crate::load::unix_ms());
-                    }
-                }
+                        seen.ended_at.push(0);
+                        seen.accepted_at.len() - 1
+                    })
+                };
                 let (s, counter, fail) = (s.clone(), counter.clone(), fail.clone());
                 thread::spawn(move || {
                     serve(conn, behaviour.delay, &fail, &s, &counter);
-                    s.lock().expect("seen").ended += 1;
+                    let mut seen = s.lock().expect("seen");
+                    seen.ended += 1;
+                    if let Some(i) = index {
+                        seen.ended_at[i] = crate::load::unix_ms();
+                    }
                 });
             }
         });

@@ -323,10 +323,10 @@ fn max_connection_age_makes_a_pool_follow_the_weight() {
     let started = unix_ms();
     // Each of 8 threads with a connection of its own: the request share is the share of
     // the connections, each connection a draw.
-    let aged = PooledClient::start_per_thread(&cg, aged_vip, 8, 200.0, 25.0);
-    let kept = PooledClient::start_per_thread(&cg, kept_vip, 8, 200.0, 25.0);
+    let aged = PooledClient::start_per_thread(&cg, aged_vip, 8, 200.0, 30.0);
+    let kept = PooledClient::start_per_thread(&cg, kept_vip, 8, 200.0, 30.0);
     // Counted while the pools still run (their connections end when they exit).
-    std::thread::sleep(Duration::from_secs(24));
+    std::thread::sleep(Duration::from_secs(29));
     let kept_ended = kept_stable.seen().ended + kept_canary.seen().ended;
     let (aged, kept) = (aged.finish(), kept.finish());
     let share = |run: &PoolRun, canary: SocketAddr, from_ms: u64| {
@@ -349,18 +349,30 @@ fn max_connection_age_makes_a_pool_follow_the_weight() {
     // without counting it as new).
     let aged_connections = stable.seen().connections + canary.seen().connections;
     let kept_connections = kept_stable.seen().connections + kept_canary.seen().connections;
-    // Each connection is one draw of the share, so the request share's spread is that of
-    // the draws behind the window: those opened at most an age before it.
-    let draws = [&stable, &canary]
+    // Each connection is one draw of the share, weighted by how long it served in the
+    // window (its share of the window's requests, the threads being evenly paced): the
+    // request share's spread is that of a mean over the effective number of draws.
+    let until = started + 30_000;
+    let weights: Vec<f64> = [&stable, &canary]
         .iter()
-        .flat_map(|b| b.seen().accepted_at)
-        .filter(|&at| at + 5_000 >= from)
-        .count()
-        .max(1) as f64;
+        .flat_map(|b| {
+            let seen = b.seen();
+            seen.accepted_at
+                .into_iter()
+                .zip(seen.ended_at)
+                .collect::<Vec<_>>()
+        })
+        .map(|(opened, ended)| {
+            let ended = if ended == 0 { until } else { ended.min(until) };
+            ended.saturating_sub(opened.max(from)) as f64
+        })
+        .filter(|w| *w > 0.0)
+        .collect();
+    let draws = weights.iter().sum::<f64>().powi(2) / weights.iter().map(|w| w * w).sum::<f64>();
     let sd = (0.1 * 0.9 / draws).sqrt();
     println!(
-        "max_connection_age 5s: {} connections over 25 s, canary share of requests after 15 s \
-         {:.1} % (10 % ± {:.1} % for 3 sd); without: {} connections, share {:.1} %; errors {} / {}",
+        "max_connection_age 5s: {} connections over 30 s, canary share of requests after 15 s \
+         {:.1} % (10 % ± {:.1} % for 3 sd, {draws:.1} effective draws); without: {} connections, share {:.1} %; errors {} / {}",
         aged_connections,
         100.0 * aged_share,
         300.0 * sd,
@@ -468,4 +480,114 @@ fn a_drain_cut_short_by_a_restart_is_redone() {
             .unwrap_or(0.0)
             == 0.0
     );
+}
+
+/// A held connection, by a Python client in `ns`: `check` answers `open` or `ended`.
+const HOLDER: &str = r#"
+import select, socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.create_connection((host, port), timeout=2)
+s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+answer = s.recv(4096).decode()
+by = [l.split(":", 1)[1].strip() for l in answer.split("\r\n") if l.lower().startswith("x-served-by:")]
+print(by[0] if by else "?", flush=True)
+for line in sys.stdin:
+    readable, _, _ = select.select([s], [], [], 0)
+    print("ended" if readable else "open", flush=True)
+"#;
+
+/// The DaemonSet's way to pods' namespaces: the pinned ones in `network_namespaces`. The
+/// connection's process leaves the steered cgroup after connecting, so only the pinned
+/// namespace leads to its socket: without the directory it is not drained, with it it is.
+#[test]
+fn pinned_namespaces_are_reached_without_the_process() {
+    let test = "pinned_namespaces_are_reached_without_the_process";
+    if !root_or_skip(test) {
+        return;
+    }
+    use std::io::BufRead as _;
+    let t = tag("drain-pinned");
+    let cg = TestCgroup::new(&t);
+    let elsewhere = TestCgroup::new(&format!("{t}-elsewhere"));
+    let ns = Netns::new(&t);
+    let mut canary = ns.within(|| HttpBackend::start("127.0.0.1", Behaviour::default()));
+    let mut stable = ns.within(|| HttpBackend::start("127.0.0.1", Behaviour::default()));
+    let vip: SocketAddr = format!("127.0.0.1:{}", unused_port("127.0.0.1"))
+        .parse()
+        .expect("vip");
+    let yaml = service(
+        "web",
+        vip,
+        stable.addr,
+        canary.addr,
+        "    l7: http1\n    canary_percent: 100\n",
+    );
+    let mut agent = Agent::prepare(&t, &cg, &yaml);
+    agent.write_raw_config(&agent.config_text_with(&cg, "network_namespaces: []", &yaml));
+    agent.spawn();
+    let procs = cg.path().join("cgroup.procs");
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo $$ > {} && exec \"$@\"", procs.display()))
+        .args([
+            "sh",
+            "ip",
+            "netns",
+            "exec",
+            &ns.name,
+            sluice_tests::pool::PYTHON,
+            "-c",
+            HOLDER,
+        ])
+        .args([vip.ip().to_string(), vip.port().to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("holder");
+    let mut input = holder.stdin.take().expect("stdin");
+    let mut output = BufReader::new(holder.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    output.read_line(&mut line).expect("served by");
+    assert_eq!(
+        line.trim(),
+        canary.addr.to_string(),
+        "steered to the canary"
+    );
+    // Out of the steered cgroup: its socket stays steered and tagged.
+    std::fs::write(
+        elsewhere.path().join("cgroup.procs"),
+        holder.id().to_string(),
+    )
+    .expect("move the holder");
+    let mut check = || {
+        writeln!(input, "check").expect("ask");
+        let mut l = String::new();
+        output.read_line(&mut l).expect("answer");
+        l.trim().to_owned()
+    };
+    agent.weight("web", 0.0);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(check(), "open", "no process and no directory lead to it");
+    // The default directories: /run/netns, where `ip netns` pinned it.
+    agent.write_config(&cg, &yaml);
+    agent.wait_log("configuration applied", 1, Duration::from_secs(5));
+    agent.weight("web", 100.0);
+    agent.weight("web", 0.0);
+    let asked = Instant::now();
+    let mut state = check();
+    while state == "open" && asked.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(50));
+        state = check();
+    }
+    println!(
+        "pinned namespace: the held canary connection {state} after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(state, "ended", "drained through /run/netns");
+    drop(input);
+    let _ = holder.wait();
+    ns.within(|| {
+        stable.close();
+        canary.close();
+    });
 }
