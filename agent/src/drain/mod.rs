@@ -5,9 +5,9 @@
 //!
 //! - **Rollback**: when a service's canary share in the kernel goes to 0 (a rollback, an
 //!   abort, `sluice weight S 0`, a configuration of 0), its canary connections are ended:
-//!   with `l7: http1` an idle one at once and a busy one as soon as its response is in,
-//!   otherwise (or still busy) at the grace deadline. A drain that an agent restart cut short
-//!   is redone by the next agent, which drains every service it finds at 0.
+//!   with `l7: http1` each when at rest ([`plan::at_rest`]: right after an answer, or
+//!   silent), otherwise (or still busy) at the grace deadline. A drain that an agent restart
+//!   cut short is redone by the next agent, which drains every service it finds at 0.
 //! - **Maximum age**: steered connections older than `max_connection_age` are ended when at
 //!   rest ([`plan::at_rest`]).
 //!
