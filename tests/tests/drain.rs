@@ -41,6 +41,30 @@ fn service(
     )
 }
 
+/// A free loopback port to serve as a virtual address.
+fn loopback_vip() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], unused_port("127.0.0.1")))
+}
+
+/// A pooled client that drew at least one canary connection: at a 50 % share a pool of 8
+/// draws none once in 256 runs, and then it is started again (up to 4 times). Requests
+/// the canary saw before it are not the pool's.
+fn pool_on_the_canary(
+    start: impl Fn() -> PooledClient,
+    canary: &HttpBackend,
+    settle: Duration,
+) -> PooledClient {
+    let before = canary.seen().requests;
+    for _ in 0..4 {
+        let c = start();
+        std::thread::sleep(settle);
+        if canary.seen().requests > before {
+            return c;
+        }
+    }
+    panic!("the pool drew no canary connection in 4 tries");
+}
+
 /// One keep-alive GET on an open connection; the status.
 fn get_on(s: &mut TcpStream) -> std::io::Result<u16> {
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
@@ -102,9 +126,7 @@ fn a_rollback_reaches_a_pooled_client_in_its_own_namespace() {
             HttpBackend::start("127.0.0.1", slow),
         )
     });
-    let vip: SocketAddr = format!("127.0.0.1:{}", unused_port("127.0.0.1"))
-        .parse()
-        .expect("as the test set it up");
+    let vip = loopback_vip();
     let rollout = "    l7: http1\n    rollout:\n      steps: [50, 80]\n      interval: 1h\n      \
                    guard: {last: 20, max_failures: 10}\n";
     let mut agent = Agent::prepare(
@@ -128,19 +150,11 @@ fn a_rollback_reaches_a_pooled_client_in_its_own_namespace() {
         .expect("as the test set it up");
     get_on(&mut foreign).expect("foreign request");
 
-    // At 50 % a pool of 8 draws no canary connection once in 256 runs: then draw again.
-    let foreign_requests = canary.seen().requests;
-    let mut client = None;
-    for _ in 0..4 {
-        let c = PooledClient::start(&cg, Some(&ns), vip, 8, 200.0, 10.0);
-        std::thread::sleep(Duration::from_secs(2));
-        if canary.seen().requests > foreign_requests {
-            client = Some(c);
-            break;
-        }
-        drop(c);
-    }
-    let client = client.expect("the pool drew a canary connection in 4 tries");
+    let client = pool_on_the_canary(
+        || PooledClient::start(&cg, Some(&ns), vip, 8, 200.0, 10.0),
+        &canary,
+        Duration::from_secs(2),
+    );
     canary.set_fail_every(3);
     let r = agent.wait_phase("web", "RolledBack", Duration::from_secs(5));
     std::thread::sleep(Duration::from_secs(2));
@@ -233,9 +247,7 @@ fn a_client_that_never_checks_its_pool_sees_the_drain_as_errors() {
     let cg = TestCgroup::new(&t);
     let stable = HttpBackend::start("127.0.0.1", Behaviour::default());
     let canary = HttpBackend::start("127.0.0.1", Behaviour::default());
-    let vip: SocketAddr = format!("127.0.0.1:{}", unused_port("127.0.0.1"))
-        .parse()
-        .expect("as the test set it up");
+    let vip = loopback_vip();
     let yaml = service(
         "web",
         vip,
@@ -300,12 +312,8 @@ fn max_connection_age_makes_a_pool_follow_the_weight() {
     };
     let start = || HttpBackend::start("127.0.0.1", slow);
     let (stable, canary, kept_stable, kept_canary) = (start(), start(), start(), start());
-    let aged_vip: SocketAddr = format!("127.0.0.1:{}", unused_port("127.0.0.1"))
-        .parse()
-        .expect("as the test set it up");
-    let kept_vip: SocketAddr = format!("127.0.0.1:{}", unused_port("127.0.0.1"))
-        .parse()
-        .expect("as the test set it up");
+    let aged_vip = loopback_vip();
+    let kept_vip = loopback_vip();
     let yaml = service(
         "aged",
         aged_vip,
@@ -411,9 +419,7 @@ fn a_drain_cut_short_by_a_restart_is_redone() {
     let cg = TestCgroup::new(&t);
     let stable = HttpBackend::start("127.0.0.1", Behaviour::default());
     let canary = HttpBackend::start("127.0.0.1", Behaviour::default());
-    let vip: SocketAddr = format!("127.0.0.1:{}", unused_port("127.0.0.1"))
-        .parse()
-        .expect("as the test set it up");
+    let vip = loopback_vip();
     let long = service(
         "web",
         vip,
@@ -422,17 +428,11 @@ fn a_drain_cut_short_by_a_restart_is_redone() {
         "    canary_percent: 50\n    drain: {grace: 1h}\n",
     );
     let mut agent = Agent::start(&t, &cg, &long);
-    let mut client = None;
-    for _ in 0..4 {
-        let c = PooledClient::start(&cg, None, vip, 8, 40.0, 10.0);
-        std::thread::sleep(Duration::from_secs(1));
-        if canary.seen().requests > 0 {
-            client = Some(c);
-            break;
-        }
-        drop(c);
-    }
-    let client = client.expect("the pool drew a canary connection in 4 tries");
+    let client = pool_on_the_canary(
+        || PooledClient::start(&cg, None, vip, 8, 40.0, 10.0),
+        &canary,
+        Duration::from_secs(1),
+    );
     agent.weight("web", 0.0);
     std::thread::sleep(Duration::from_millis(500));
     agent.kill9();
@@ -512,9 +512,7 @@ fn pinned_namespaces_are_reached_without_the_process() {
     let ns = Netns::new(&t);
     let mut canary = ns.within(|| HttpBackend::start("127.0.0.1", Behaviour::default()));
     let mut stable = ns.within(|| HttpBackend::start("127.0.0.1", Behaviour::default()));
-    let vip: SocketAddr = format!("127.0.0.1:{}", unused_port("127.0.0.1"))
-        .parse()
-        .expect("vip");
+    let vip = loopback_vip();
     let yaml = service(
         "web",
         vip,

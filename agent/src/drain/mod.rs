@@ -24,6 +24,7 @@ mod kernel;
 mod netns;
 pub mod plan;
 mod run;
+mod watch;
 
 use std::{
     collections::BTreeMap,

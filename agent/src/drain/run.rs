@@ -21,7 +21,7 @@ use super::{
 /// How often shares are read when nothing wakes the thread.
 const IDLE_TICK: Duration = Duration::from_millis(250);
 /// The pause between scans while a drain waits on busy HTTP connections (each scan also
-/// watches them for `WATCH_BUDGET`).
+/// watches them for `watch::WATCH_BUDGET`).
 const DRAIN_TICK: Duration = Duration::from_millis(5);
 /// How often while a drain only waits for its grace (connections without HTTP parsing):
 /// no new canary connection can appear, so the next look that matters is the deadline.
@@ -29,15 +29,6 @@ const GRACE_TICK: Duration = Duration::from_secs(1);
 /// Bounds of the interval between age scans (a quarter of the shortest age).
 const AGE_SCAN_MIN: Duration = Duration::from_millis(250);
 const AGE_SCAN_MAX: Duration = Duration::from_secs(5);
-/// While a drain waits on busy HTTP connections, each is looked at on its own this often,
-/// for up to `WATCH_BUDGET` a scan, to catch it right after an answer ([`plan::at_rest`]):
-/// a pooled connection in constant use rests between a response and the next request for
-/// as little as a millisecond.
-const WATCH_EVERY: Duration = Duration::from_micros(500);
-const WATCH_BUDGET: Duration = Duration::from_millis(250);
-/// At most this many busy connections are watched one by one (a pass over them takes
-/// about 15 µs each); the rest wait for the scans.
-const WATCH_MAX: usize = 1_024;
 
 /// A drain under way.
 struct Drain {
@@ -184,7 +175,7 @@ impl Worker {
         let mut waiting: HashMap<String, u64> = HashMap::new();
         let mut ended: Vec<(String, Reason, How, bool)> = Vec::new();
         let mut listed = HashSet::new();
-        let watch_until = now + WATCH_BUDGET;
+        let watch_until = now + super::watch::WATCH_BUDGET;
         let mut watched = 0;
         self.hot = false;
         let namespaces = self
@@ -234,7 +225,7 @@ impl Worker {
                         if draining && p.http1 {
                             self.hot = true;
                         }
-                        if p.http1 && watched < WATCH_MAX {
+                        if p.http1 && watched < super::watch::WATCH_MAX {
                             watched += 1;
                             busy.push((s, p.name.clone(), reason));
                         } else if draining {
@@ -281,7 +272,7 @@ impl Worker {
                     Err(e) => tracing::warn!(error = %e, "ending connections at the grace failed"),
                 }
             }
-            watch_busy(&self.kernel, diag, &mut busy, watch_until, &mut ended);
+            super::watch::watch_busy(&self.kernel, diag, &mut busy, watch_until, &mut ended);
             for (_, name, reason) in busy {
                 if reason == Reason::Rollback {
                     *waiting.entry(name).or_default() += 1;
@@ -369,40 +360,7 @@ impl Worker {
     }
 }
 
-/// Looks at each busy HTTP connection (to drain, or past its age) on its own until it rests
-/// (then ends it), closes by itself, or `until` passes. What is left in `busy` still waits.
-fn watch_busy(
-    kernel: &Kernel,
-    diag: &mut super::diag::Diag,
-    busy: &mut Vec<(TcpSocket, String, Reason)>,
-    until: Instant,
-    ended: &mut Vec<(String, Reason, How, bool)>,
-) {
-    while !busy.is_empty() && Instant::now() < until {
-        busy.retain(|(s, name, reason)| {
-            let Ok(Some(now)) = diag.one(s) else {
-                return false;
-            };
-            let Some(tag) = kernel.tag(s.id.cookie()) else {
-                return false;
-            };
-            if !plan::at_rest(&now, &tag, true) {
-                return true;
-            }
-            match diag.destroy(&[now]) {
-                Ok(a) if a[0] == Ended::Yes => {
-                    ended.push((name.clone(), *reason, How::Idle, false));
-                }
-                Ok(a) => log_refusal(name, a[0]),
-                Err(e) => tracing::warn!(service = %name, error = %e, "ending a connection failed"),
-            }
-            false
-        });
-        std::thread::sleep(WATCH_EVERY);
-    }
-}
-
-fn log_refusal(service: &str, answer: Ended) {
+pub(super) fn log_refusal(service: &str, answer: Ended) {
     if let Ended::Refused(errno) = answer {
         tracing::warn!(
             service,

@@ -140,87 +140,57 @@ impl Diag {
     /// Every established TCP socket of `family` (`AF_INET` or `AF_INET6`) in the namespace,
     /// appended to `out`.
     pub fn established(&mut self, family: u8, out: &mut Vec<TcpSocket>) -> io::Result<()> {
-        self.seq = self.seq.wrapping_add(1);
+        let seq = self.next_seq();
+        let all = SockId([0; 48]);
         let mut req = Vec::with_capacity(NLMSG_HDR + REQ_LEN);
-        header(
+        request(
             &mut req,
             SOCK_DIAG_BY_FAMILY,
             NLM_F_REQUEST | NLM_F_DUMP,
-            self.seq,
-        );
-        req.extend_from_slice(&[
+            seq,
             family,
-            libc::IPPROTO_TCP as u8,
-            1 << (INET_DIAG_INFO - 1),
-            0,
-        ]);
-        req.extend_from_slice(&(1u32 << TCP_ESTABLISHED).to_ne_bytes());
-        req.extend_from_slice(&[0; 48]);
+            1 << TCP_ESTABLISHED,
+            &all,
+        );
         self.send(&req)?;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = self.recv(&mut buf)?;
-            let mut at = 0;
-            while at + NLMSG_HDR <= n {
-                let (len, kind) = message_header(&buf[at..n]);
-                if len < NLMSG_HDR || at + len > n {
-                    return Err(io::Error::other("truncated sock_diag message"));
-                }
-                let body = &buf[at + NLMSG_HDR..at + len];
-                match kind {
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => return Err(error_of(body)),
-                    SOCK_DIAG_BY_FAMILY if body.len() >= MSG_LEN => out.push(parse(body)),
-                    _ => {}
-                }
-                at += align4(len);
+        self.receive(64 * 1024, |kind, at, body| match kind {
+            _ if at != seq => None,
+            NLMSG_DONE => Some(Ok(())),
+            NLMSG_ERROR => Some(Err(io::Error::from_raw_os_error(error_code(body)))),
+            SOCK_DIAG_BY_FAMILY if body.len() >= MSG_LEN => {
+                out.push(parse(body));
+                None
             }
-        }
+            _ => None,
+        })
     }
 
     /// One socket, looked up by what the dump gave: how it is now, or `None` if it is gone.
     pub fn one(&mut self, socket: &TcpSocket) -> io::Result<Option<TcpSocket>> {
-        self.seq = self.seq.wrapping_add(1);
+        let seq = self.next_seq();
         let mut req = Vec::with_capacity(NLMSG_HDR + REQ_LEN);
-        header(&mut req, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, self.seq);
-        req.extend_from_slice(&[
+        request(
+            &mut req,
+            SOCK_DIAG_BY_FAMILY,
+            NLM_F_REQUEST,
+            seq,
             socket.family,
-            libc::IPPROTO_TCP as u8,
-            1 << (INET_DIAG_INFO - 1),
-            0,
-        ]);
-        req.extend_from_slice(&u32::MAX.to_ne_bytes());
-        req.extend_from_slice(&socket.id.0);
+            u32::MAX,
+            &socket.id,
+        );
         self.send(&req)?;
-        let mut buf = vec![0u8; 8 * 1024];
-        loop {
-            let n = self.recv(&mut buf)?;
-            let mut at = 0;
-            while at + NLMSG_HDR <= n {
-                let (len, kind) = message_header(&buf[at..n]);
-                if len < NLMSG_HDR || at + len > n {
-                    return Err(io::Error::other("truncated sock_diag message"));
-                }
-                let seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().expect("4 bytes"));
-                let body = &buf[at + NLMSG_HDR..at + len];
-                if seq == self.seq {
-                    match kind {
-                        SOCK_DIAG_BY_FAMILY if body.len() >= MSG_LEN => {
-                            let s = parse(body);
-                            return Ok((s.state == TCP_ESTABLISHED).then_some(s));
-                        }
-                        NLMSG_ERROR => {
-                            return match error_code(body) {
-                                libc::ENOENT => Ok(None),
-                                e => Err(io::Error::from_raw_os_error(e)),
-                            };
-                        }
-                        _ => {}
-                    }
-                }
-                at += align4(len);
+        self.receive(8 * 1024, |kind, at, body| match kind {
+            _ if at != seq => None,
+            SOCK_DIAG_BY_FAMILY if body.len() >= MSG_LEN => {
+                let s = parse(body);
+                Some(Ok((s.state == TCP_ESTABLISHED).then_some(s)))
             }
-        }
+            NLMSG_ERROR => Some(match error_code(body) {
+                libc::ENOENT => Ok(None),
+                e => Err(io::Error::from_raw_os_error(e)),
+            }),
+            _ => None,
+        })
     }
 
     /// Ends each of `sockets` (as the dump gave them), in batches; one answer each, in order.
@@ -230,41 +200,66 @@ impl Diag {
             let first = self.seq.wrapping_add(1);
             let mut req = Vec::with_capacity(batch.len() * (NLMSG_HDR + REQ_LEN));
             for s in batch {
-                self.seq = self.seq.wrapping_add(1);
-                header(&mut req, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, self.seq);
-                req.extend_from_slice(&[s.family, libc::IPPROTO_TCP as u8, 0, 0]);
-                req.extend_from_slice(&u32::MAX.to_ne_bytes());
-                req.extend_from_slice(&s.id.0);
+                let seq = self.next_seq();
+                request(
+                    &mut req,
+                    SOCK_DESTROY,
+                    NLM_F_REQUEST | NLM_F_ACK,
+                    seq,
+                    s.family,
+                    u32::MAX,
+                    &s.id,
+                );
             }
             self.send(&req)?;
             let mut got = vec![None; batch.len()];
             let mut left = batch.len();
-            let mut buf = vec![0u8; 64 * 1024];
-            while left > 0 {
-                let n = self.recv(&mut buf)?;
-                let mut at = 0;
-                while at + NLMSG_HDR <= n {
-                    let (len, kind) = message_header(&buf[at..n]);
-                    if len < NLMSG_HDR || at + len > n {
-                        return Err(io::Error::other("truncated sock_diag message"));
-                    }
-                    let seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().expect("4"));
-                    let index = seq.wrapping_sub(first) as usize;
-                    if kind == NLMSG_ERROR && index < batch.len() && got[index].is_none() {
-                        let errno = error_code(&buf[at + NLMSG_HDR..at + len]);
-                        got[index] = Some(match errno {
-                            0 => Ended::Yes,
-                            libc::ENOENT => Ended::Gone,
-                            e => Ended::Refused(e),
-                        });
-                        left -= 1;
-                    }
-                    at += align4(len);
+            self.receive(64 * 1024, |kind, seq, body| {
+                let index = seq.wrapping_sub(first) as usize;
+                if kind == NLMSG_ERROR && index < batch.len() && got[index].is_none() {
+                    got[index] = Some(match error_code(body) {
+                        0 => Ended::Yes,
+                        libc::ENOENT => Ended::Gone,
+                        e => Ended::Refused(e),
+                    });
+                    left -= 1;
                 }
-            }
+                (left == 0).then_some(Ok(()))
+            })?;
             answers.extend(got.into_iter().map(|a| a.expect("every answer arrived")));
         }
         Ok(answers)
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// Reads answers into a buffer of `size` bytes and hands each message (kind, sequence
+    /// number, body) to `each`, until it returns a result.
+    fn receive<T>(
+        &self,
+        size: usize,
+        mut each: impl FnMut(u16, u32, &[u8]) -> Option<io::Result<T>>,
+    ) -> io::Result<T> {
+        let mut buf = vec![0u8; size];
+        loop {
+            let n = self.recv(&mut buf)?;
+            let mut at = 0;
+            while at + NLMSG_HDR <= n {
+                let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+                if len < NLMSG_HDR || at + len > n {
+                    return Err(io::Error::other("truncated sock_diag message"));
+                }
+                let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
+                let seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().expect("4 bytes"));
+                if let Some(done) = each(kind, seq, &buf[at + NLMSG_HDR..at + len]) {
+                    return done;
+                }
+                at += align4(len);
+            }
+        }
     }
 
     fn send(&self, req: &[u8]) -> io::Result<()> {
@@ -304,18 +299,30 @@ impl Diag {
     }
 }
 
-fn header(buf: &mut Vec<u8>, kind: u16, flags: u16, seq: u32) {
+/// One `nlmsghdr` and `inet_diag_req_v2` for TCP: `states` a bit set of TCP states, `id`
+/// the socket (zeros for all), `tcp_info` asked for with every answer.
+fn request(
+    buf: &mut Vec<u8>,
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    family: u8,
+    states: u32,
+    id: &SockId,
+) {
     buf.extend_from_slice(&((NLMSG_HDR + REQ_LEN) as u32).to_ne_bytes());
     buf.extend_from_slice(&kind.to_ne_bytes());
     buf.extend_from_slice(&flags.to_ne_bytes());
     buf.extend_from_slice(&seq.to_ne_bytes());
     buf.extend_from_slice(&0u32.to_ne_bytes());
-}
-
-fn message_header(buf: &[u8]) -> (usize, u16) {
-    let len = u32::from_ne_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
-    let kind = u16::from_ne_bytes(buf[4..6].try_into().expect("2 bytes"));
-    (len, kind)
+    let ext = if kind == SOCK_DESTROY {
+        0
+    } else {
+        1 << (INET_DIAG_INFO - 1)
+    };
+    buf.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, ext, 0]);
+    buf.extend_from_slice(&states.to_ne_bytes());
+    buf.extend_from_slice(&id.0);
 }
 
 fn align4(n: usize) -> usize {
@@ -327,10 +334,6 @@ fn error_code(body: &[u8]) -> i32 {
     body.get(0..4).map_or(libc::EIO, |b| {
         -i32::from_ne_bytes(b.try_into().expect("4 bytes"))
     })
-}
-
-fn error_of(body: &[u8]) -> io::Error {
-    io::Error::from_raw_os_error(error_code(body))
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -375,58 +378,4 @@ fn parse(body: &[u8]) -> TcpSocket {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::{
-        io::{Read as _, Write as _},
-        net::{TcpListener, TcpStream},
-    };
-
-    /// Needs nothing but a loopback: listing and ending one's own sockets takes no
-    /// privilege in one's own namespace... except `SOCK_DESTROY`, which needs
-    /// CAP_NET_ADMIN; without it the refusal is what is checked.
-    #[test]
-    fn lists_a_connection_and_ends_it() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let mut client =
-            TcpStream::connect(listener.local_addr().expect("test setup")).expect("connect");
-        let (mut server, _) = listener.accept().expect("accept");
-        client.write_all(b"x").expect("test setup");
-        let mut one = [0u8; 1];
-        server.read_exact(&mut one).expect("test setup");
-        let mut diag = Diag::open().expect("sock_diag socket");
-        let mut dump = Vec::new();
-        diag.established(libc::AF_INET as u8, &mut dump)
-            .expect("dump");
-        // The client's socket: source is the client's local address... listed by its
-        // destination, the listener, and its source port.
-        let local = client.local_addr().expect("test setup");
-        let mine: Vec<_> = dump
-            .iter()
-            .filter(|s| {
-                u16::from_be_bytes([s.id.0[0], s.id.0[1]]) == local.port()
-                    && s.id.destination(s.family) == listener.local_addr().expect("test setup")
-            })
-            .copied()
-            .collect();
-        assert_eq!(mine.len(), 1, "the client socket is listed once");
-        assert_ne!(mine[0].id.cookie(), 0);
-        assert_eq!(mine[0].unacked, 0);
-        // Looked up alone, it is the same socket.
-        let alone = diag.one(&mine[0]).expect("lookup").expect("still there");
-        assert_eq!(alone.id, mine[0].id);
-        let answers = diag.destroy(&mine).expect("destroy");
-        match answers[0] {
-            Ended::Yes => {
-                let mut buf = [0u8; 1];
-                let err = client.read(&mut buf).expect_err("an ended socket errors");
-                assert_eq!(err.raw_os_error(), Some(libc::ECONNABORTED));
-                // Asking again: the socket is gone.
-                assert_eq!(diag.destroy(&mine).expect("destroy")[0], Ended::Gone);
-                assert_eq!(diag.one(&mine[0]).expect("lookup"), None);
-            }
-            Ended::Refused(e) => assert_eq!(e, libc::EPERM, "only a missing capability"),
-            Ended::Gone => panic!("the socket was there"),
-        }
-    }
-}
+mod tests;
