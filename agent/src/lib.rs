@@ -5,6 +5,7 @@
 pub mod api;
 pub mod cgroup;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

@@ -154,3 +154,20 @@ pub fn effective_capabilities() -> io::Result<u64> {
     }
     Ok(u64::from(data[0].effective) | (u64::from(data[1].effective) << 32))
 }
+
+/// The host name (`uname`'s nodename), lower-cased: the default node name in cluster mode.
+pub fn host_name() -> String {
+    // SAFETY: uname fills the struct it is given and reads nothing else.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return String::new();
+    }
+    let bytes: Vec<u8> = u
+        .nodename
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).to_ascii_lowercase()
+}

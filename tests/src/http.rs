@@ -22,6 +22,8 @@ pub struct Behaviour {
     pub delay: Duration,
     /// Answer every n-th request with 503 (0: never).
     pub fail_every: u64,
+    /// Answer every n-th request for this path with 503: one set of callers' requests.
+    pub fail_path: Option<(&'static str, u64)>,
 }
 
 #[derive(Default, Debug, Clone)]
@@ -71,6 +73,7 @@ impl HttpBackend {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let counter = Arc::new(AtomicU64::new(0));
+        let on_path = Arc::new(AtomicU64::new(0));
         let fail_every = Arc::new(AtomicU64::new(behaviour.fail_every));
         let (s, halt, fail) = (seen.clone(), stop.clone(), fail_every.clone());
         let thread = thread::spawn(move || {
@@ -89,8 +92,10 @@ impl HttpBackend {
                     })
                 };
                 let (s, counter, fail) = (s.clone(), counter.clone(), fail.clone());
+                let on_path = on_path.clone();
                 thread::spawn(move || {
-                    serve(conn, behaviour.delay, &fail, &s, &counter);
+                    let path_fault = behaviour.fail_path.map(|(p, n)| (p, n, &*on_path));
+                    serve(conn, behaviour.delay, &fail, path_fault, &s, &counter);
                     let mut seen = s.lock().expect("seen");
                     seen.ended += 1;
                     if let Some(i) = index {
@@ -137,6 +142,7 @@ fn serve(
     conn: TcpStream,
     delay: Duration,
     fail_every: &AtomicU64,
+    path_fault: Option<(&str, u64, &AtomicU64)>,
     seen: &Mutex<Seen>,
     counter: &AtomicU64,
 ) {
@@ -194,6 +200,12 @@ fn serve(
             .unwrap_or(200);
         let every = fail_every.load(Ordering::Relaxed);
         if every > 0 && n.is_multiple_of(every) {
+            status = 503;
+        }
+        if let Some((p, every, count)) = path_fault
+            && p == path
+            && (count.fetch_add(1, Ordering::SeqCst) + 1).is_multiple_of(every)
+        {
             status = 503;
         }
         if !delay.is_zero() {

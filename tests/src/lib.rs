@@ -8,6 +8,7 @@ pub mod backend;
 pub mod cgroup;
 pub mod config;
 pub mod dns;
+pub mod etcd;
 pub mod http;
 pub mod load;
 pub mod pool;

@@ -37,6 +37,17 @@ impl LoadResult {
 impl Load {
     /// Starts `rate` requests a second for `seconds` against `target` from `cgroup`.
     pub fn start(cgroup: &TestCgroup, target: SocketAddr, rate: u32, seconds: f64) -> Self {
+        Self::start_path(cgroup, target, rate, seconds, "/")
+    }
+
+    /// [`Load::start`] with every request for `path`.
+    pub fn start_path(
+        cgroup: &TestCgroup,
+        target: SocketAddr,
+        rate: u32,
+        seconds: f64,
+        path: &str,
+    ) -> Self {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
         let stop_file = std::env::temp_dir().join(format!(
@@ -52,6 +63,7 @@ impl Load {
             .args(["--load", &rate.to_string()])
             .args(["--seconds", &seconds.to_string()])
             .args(["--threads", "8"])
+            .args(["--path", path])
             .arg("--stop-file")
             .arg(&stop_file)
             .stdout(Stdio::piped())

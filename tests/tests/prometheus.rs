@@ -149,6 +149,7 @@ fn prometheus_scrapes_and_promql_sees_success_rate_and_p99() {
         Behaviour {
             delay: Duration::from_millis(20),
             fail_every: 10,
+            ..Behaviour::default()
         },
     );
     let web: SocketAddr = format!("127.77.6.1:{}", unused_port("127.77.6.1"))

@@ -241,7 +241,8 @@ fn bpffs() -> anyhow::Result<()> {
 /// Prometheus with promtool (scrapes and PromQL), BIND with nsupdate (the DNS server the
 /// discovery tests change records on), and the drain tests' clients: urllib3's pool (which
 /// checks a pooled connection before reusing it) and wrk (which does not), with iproute2
-/// for their network namespaces. Nothing is started here.
+/// for their network namespaces; etcd for the cluster tests, and protoc with its well-known
+/// types to build the etcd client. Nothing is started here.
 fn debian_tools() -> anyhow::Result<()> {
     let mut missing: Vec<&str> = [
         ("bpftool", "bpftool"),
@@ -251,6 +252,10 @@ fn debian_tools() -> anyhow::Result<()> {
         ("nsupdate", "bind9-dnsutils"),
         ("wrk", "wrk"),
         ("ip", "iproute2"),
+        // Cluster mode: etcd for its tests, and protoc for the etcd client's build.
+        ("etcd", "etcd-server"),
+        ("etcdctl", "etcd-client"),
+        ("protoc", "protobuf-compiler"),
     ]
     .iter()
     .filter(|(bin, _)| {
@@ -268,6 +273,10 @@ fn debian_tools() -> anyhow::Result<()> {
         .is_ok_and(|o| o.status.success());
     if !urllib3 {
         missing.push("python3-urllib3");
+    }
+    // protoc's own well-known types (descriptor.proto), which the etcd client's protos import.
+    if !Path::new("/usr/include/google/protobuf/descriptor.proto").exists() {
+        missing.push("libprotobuf-dev");
     }
     if missing.is_empty() {
         return Ok(());

@@ -40,6 +40,20 @@ pub enum RolloutAction {
     Resume,
 }
 
+/// Cluster mode, in `sluice status`: this node and its session with etcd.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ClusterStatus {
+    pub node: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub endpoints: Vec<String>,
+    /// Off: the node fails static (keeps its shares; only its guards lower them).
+    pub connected: bool,
+    pub disconnected_since_unix_ms: Option<u64>,
+    pub leader: Option<String>,
+    /// This node leads (runs the analyses).
+    pub leads: bool,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
@@ -49,6 +63,9 @@ pub enum Response {
         pin_dir: String,
         config: String,
         services: Vec<ServiceStatus>,
+        /// Cluster mode: this node's session and who leads.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cluster: Option<ClusterStatus>,
     },
     Weight {
         service: String,

@@ -17,6 +17,7 @@ pub fn status(socket: &Path, only: Option<&str>, output: Output) -> ExitCode {
         pin_dir,
         config,
         mut services,
+        cluster,
     } = response
     else {
         eprintln!("sluice: unexpected response {response:?}");
@@ -31,14 +32,20 @@ pub fn status(socket: &Path, only: Option<&str>, output: Output) -> ExitCode {
     }
     match output {
         Output::Json => {
-            let doc = serde_json::json!({
+            let mut doc = serde_json::json!({
                 "version": version, "cgroup": cgroup, "pin_dir": pin_dir,
                 "config": config, "services": services,
             });
+            if let Some(c) = &cluster {
+                doc["cluster"] = serde_json::json!(c);
+            }
             println!("{doc:#}");
         }
         Output::Table => {
             println!("sluice {version}  cgroup {cgroup}  pins {pin_dir}  config {config}");
+            if let Some(c) = &cluster {
+                println!("{}", cluster_line(c));
+            }
             println!();
             print!("{}", table(&services));
             let names = names_table(&services);
@@ -52,9 +59,52 @@ pub fn status(socket: &Path, only: Option<&str>, output: Output) -> ExitCode {
                 println!();
                 print!("{}", rollout_details(r));
             }
+            if only.is_some()
+                && let Some(n) = services.first().and_then(|s| s.cluster_nodes.as_ref())
+            {
+                println!();
+                print!("{}", nodes_table(n));
+            }
         }
     }
     ExitCode::SUCCESS
+}
+
+fn cluster_line(c: &api::ClusterStatus) -> String {
+    let session = if c.connected {
+        "connected to etcd".to_owned()
+    } else {
+        "DISCONNECTED from etcd: keeping the last shares (only guards lower them)".to_owned()
+    };
+    let leader = match (&c.leader, c.leads) {
+        (_, true) => "this node leads".to_owned(),
+        (Some(l), false) => format!("leader {l}"),
+        (None, false) => "no leader known".to_owned(),
+    };
+    format!("cluster: node {}  {session}  {leader}", c.node)
+}
+
+/// Every node's callers' counts for one service.
+fn nodes_table(n: &crate::view::ClusterNodes) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if let Some(e) = &n.error {
+        let _ = writeln!(out, "per node: not available ({e})");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<24} {:>12} {:>10} {:>12} {:>10}",
+        "NODE", "STABLE", "ERRORS", "CANARY", "ERRORS"
+    );
+    for row in &n.nodes {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>12} {:>10} {:>12} {:>10}",
+            row.node, row.stable_samples, row.stable_errors, row.canary_samples, row.canary_errors
+        );
+    }
+    out
 }
 
 fn table(services: &[ServiceStatus]) -> String {

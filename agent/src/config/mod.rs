@@ -7,6 +7,7 @@
 //! file has validated and bound.
 
 mod bounds;
+mod cluster;
 mod discovery;
 mod drain;
 mod duration;
@@ -16,10 +17,12 @@ pub mod raw;
 mod reload;
 mod rollout;
 mod validate;
+mod waves;
 
 use std::{net::SocketAddr, path::PathBuf};
 
 pub use bounds::{MAX_CONFIG_BYTES, read_regular_file};
+pub use cluster::{AuthConfig, ClusterConfig, RawCluster, TlsConfig};
 pub use discovery::{DiscoveryConfig, NameServers, Unresolved};
 pub use drain::{DEFAULT_DRAIN_GRACE, DEFAULT_NETNS_DIR, DrainConfig};
 pub use duration::duration;
@@ -28,6 +31,7 @@ pub use node::{Node, SegmentMember, bind, bind_under};
 pub use reload::restart_only_change;
 pub use rollout::{Checks, Guard, OnDeadline, Promotion, RolloutConfig};
 pub use validate::{parse, parse_str, percent_to_ppm_checked};
+pub use waves::Nodes;
 
 /// Default directory for pins (maps and links) under bpffs.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/sluice";
@@ -63,6 +67,8 @@ pub struct Config {
     /// Directories of pinned network namespaces whose connections may be drained, besides
     /// those of the steered processes.
     pub network_namespaces: Vec<PathBuf>,
+    /// One rollout per service across every node, through etcd (`None`: this node alone).
+    pub cluster: Option<ClusterConfig>,
     pub services: Vec<ServiceConfig>,
 }
 

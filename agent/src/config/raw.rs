@@ -29,6 +29,8 @@ pub struct RawConfig {
     /// `["/run/netns"]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network_namespaces: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<super::RawCluster>,
     /// Required, so that an empty or truncated file never reads as "no services": a
     /// configuration that steers nothing says `services: []`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -201,6 +203,10 @@ pub struct RawRollout {
     pub checks: Option<RawChecks>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guard: Option<RawGuard>,
+    /// Steps in waves of nodes (cluster mode): each wave's steps go to its nodes' callers
+    /// only, then the next wave's. Instead of `steps` or `step`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waves: Option<Vec<super::waves::RawWave>>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -25,6 +25,8 @@ pub fn restart_only_change(current: &Config, next: &Config) -> Option<&'static s
         discovery: _,
         // Reloadable: the drainer takes the new directories at its next look.
         network_namespaces: _,
+        // The session with etcd (and this node's name and labels) is made once at start.
+        cluster,
         // Reloadable: applied to the kernel transactionally.
         services: _,
     } = next;
@@ -38,6 +40,7 @@ pub fn restart_only_change(current: &Config, next: &Config) -> Option<&'static s
             *metrics_address != current.metrics_address,
         ),
         ("signals", *signals != current.signals),
+        ("cluster", *cluster != current.cluster),
         ("state_path", *state_path != current.state_path),
         (
             "socket_tag_slots",

@@ -17,8 +17,12 @@ const MIN_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RolloutConfig {
-    /// Canary shares in ppm, strictly increasing; promotion follows the last.
+    /// Canary shares in ppm, strictly increasing (within each wave); promotion follows the
+    /// last.
     pub steps_ppm: Vec<u32>,
+    /// Per step, the nodes whose callers get its share (the others hold 0): all of them
+    /// unless the steps come in `waves`.
+    pub step_nodes: Vec<super::Nodes>,
     /// How often the canary is judged against stable.
     pub interval: Duration,
     /// Samples (HTTP requests, or connections for `l7: none`) each version needs in a window
@@ -95,7 +99,22 @@ pub(super) fn rollout(
     raw: RawRollout,
     http1: bool,
 ) -> Result<RolloutConfig, ConfigError> {
-    let steps_ppm = steps(key, &raw)?;
+    let (steps_ppm, step_nodes) = match &raw.waves {
+        Some(waves) => {
+            if raw.steps.is_some() || raw.step.is_some() || raw.max.is_some() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.waves"),
+                    "give either waves or steps (or step and max), not both",
+                ));
+            }
+            super::waves::waves(&format!("{key}.waves"), waves, MAX_STEPS, percents_to_ppm)?
+        }
+        None => {
+            let s = steps(key, &raw)?;
+            let nodes = vec![super::Nodes::All; s.len()];
+            (s, nodes)
+        }
+    };
     let interval = match &raw.interval {
         None => Duration::from_secs(30),
         Some(t) => duration(&format!("{key}.interval"), t)?,
@@ -174,6 +193,7 @@ pub(super) fn rollout(
     let guard = guard(&format!("{key}.guard"), raw.guard)?;
     Ok(RolloutConfig {
         steps_ppm,
+        step_nodes,
         interval,
         min_samples,
         failure_threshold,
@@ -243,6 +263,11 @@ fn steps(key: &str, raw: &RawRollout) -> Result<Vec<u32>, ConfigError> {
             format!("1 to {MAX_STEPS} steps, got {}", percents.len()),
         ));
     }
+    percents_to_ppm(percents)
+}
+
+/// Percents, each named by its key, to strictly increasing ppm.
+fn percents_to_ppm(percents: Vec<(String, f64)>) -> Result<Vec<u32>, ConfigError> {
     let mut out: Vec<u32> = Vec::with_capacity(percents.len());
     for (k, p) in percents {
         if !p.is_finite() || p <= 0.0 || p > 100.0 {
@@ -399,6 +424,7 @@ mod tests {
             promotion: None,
             checks: None,
             guard: None,
+            waves: None,
         };
         let r = rollout("r", raw, true).expect("valid");
         assert_eq!(r.steps_ppm, vec![100_000, 200_000, 300_000, 350_000]);

@@ -90,6 +90,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let socket_tag_slots = socket_tag_slots(raw.socket_tag_slots)?;
     let discovery = super::discovery::discovery(raw.discovery)?;
     let network_namespaces = super::drain::network_namespaces(raw.network_namespaces)?;
+    let cluster = super::cluster::cluster(raw.cluster)?;
     let Some(raw_services) = raw.services else {
         return Err(ConfigError::invalid(
             "services",
@@ -120,6 +121,18 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             "judges the canary on the kernel's signals, and `signals: false` turns them off",
         ));
     }
+    if cluster.is_none()
+        && let Some(i) = services.iter().position(|s| {
+            s.rollout
+                .as_ref()
+                .is_some_and(|r| r.step_nodes.iter().any(|n| *n != super::Nodes::All))
+        })
+    {
+        return Err(ConfigError::invalid(
+            format!("services[{i}].rollout.waves"),
+            "chooses nodes by their labels, which only a `cluster:` block gives",
+        ));
+    }
     Ok(Config {
         cgroup,
         cgroup_root,
@@ -131,6 +144,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         socket_tag_slots,
         discovery,
         network_namespaces,
+        cluster,
         services,
     })
 }

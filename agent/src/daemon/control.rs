@@ -1,11 +1,15 @@
 //! The control socket's requests, answered by the loop that owns the maps.
 
+use tokio::sync::oneshot;
+
 use super::Daemon;
 use crate::{
     api::{Request, Response, RolloutAction},
+    cluster::NodeBreakdown,
     config::{percent_to_ppm_checked, ppm_to_percent},
     dataplane::detach_pins,
     rollout::CommandError,
+    view::ClusterNodes,
 };
 
 fn error(e: &dyn std::error::Error) -> Response {
@@ -15,6 +19,73 @@ fn error(e: &dyn std::error::Error) -> Response {
 }
 
 impl Daemon {
+    /// Requests answered later, in cluster mode: commands (once etcd has them) and the
+    /// status (with every node's counts, read from etcd). The rest come back to be answered
+    /// now.
+    pub(super) fn deferred(
+        &mut self,
+        request: Request,
+        reply: oneshot::Sender<Response>,
+    ) -> Option<(Request, oneshot::Sender<Response>)> {
+        let Some(c) = &self.cluster else {
+            return Some((request, reply));
+        };
+        match request {
+            Request::Rollout { .. } => self.cluster_command(request, reply),
+            Request::Status => {
+                let mut response = self.status();
+                let http1: std::collections::BTreeMap<String, bool> = self
+                    .config
+                    .services
+                    .iter()
+                    .map(|s| (s.name.clone(), s.http1))
+                    .collect();
+                let reads: Vec<_> = match &response {
+                    Response::Status { services, .. } => services
+                        .iter()
+                        .filter(|s| s.rollout.is_some())
+                        .map(|s| (s.name.clone(), c.handle.read_evidence(&s.name)))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                tokio::spawn(async move {
+                    let mut found = std::collections::BTreeMap::new();
+                    for (name, rx) in reads {
+                        let read = tokio::time::timeout(crate::cluster::REQUEST_TIMEOUT, rx).await;
+                        let nodes = match read {
+                            Ok(Ok(Ok(list))) => {
+                                let h = http1.get(&name).copied().unwrap_or(false);
+                                let mut nodes: Vec<_> = list
+                                    .iter()
+                                    .filter_map(|e| NodeBreakdown::of(e, h))
+                                    .collect();
+                                nodes.sort_by(|a, b| a.node.cmp(&b.node));
+                                ClusterNodes { nodes, error: None }
+                            }
+                            Ok(Ok(Err(e))) => ClusterNodes {
+                                nodes: Vec::new(),
+                                error: Some(e),
+                            },
+                            _ => ClusterNodes {
+                                nodes: Vec::new(),
+                                error: Some("etcd did not answer in time".into()),
+                            },
+                        };
+                        found.insert(name, nodes);
+                    }
+                    if let Response::Status { services, .. } = &mut response {
+                        for s in services {
+                            s.cluster_nodes = found.remove(&s.name);
+                        }
+                    }
+                    let _ = reply.send(response);
+                });
+                None
+            }
+            other => Some((other, reply)),
+        }
+    }
+
     pub(super) fn handle(&mut self, request: Request) -> Response {
         match request {
             Request::Status => self.status(),
@@ -38,6 +109,10 @@ impl Daemon {
                     pin_dir: self.dp.pin_dir().display().to_string(),
                     config: self.config_path.display().to_string(),
                     services,
+                    cluster: match (&self.cluster, &self.config.cluster) {
+                        (Some(c), Some(cc)) => Some(super::cluster::status(c, cc)),
+                        _ => None,
+                    },
                 }
             }
             Err(e) => error(&e),

@@ -5,6 +5,7 @@
 //! cgroups, the rollouts' decisions) go through [`crate::desired::desired_state`], and
 //! [`Dataplane::apply`] makes the maps hold the result, all or nothing.
 
+mod cluster;
 mod control;
 mod privileges;
 mod reload;
@@ -23,6 +24,7 @@ use tokio::{
 
 use crate::{
     api::{self, Response},
+    cluster::Cluster,
     config::{Config, ConfigError, Node},
     dataplane::{ApplyReport, CgroupChange, Dataplane, DataplaneError},
     desired::desired_state,
@@ -62,6 +64,8 @@ pub enum DaemonError {
     State(#[from] StateError),
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("installing a signal handler")]
     Signal(#[source] std::io::Error),
 }
@@ -79,6 +83,8 @@ struct Daemon {
     /// Ends steered connections (rollbacks, maximum ages); started once the maps are pinned.
     drainer: Option<Drainer>,
     health: AgentHealth,
+    /// Cluster mode: the session with etcd and what it said (`None`: this node alone).
+    cluster: Option<cluster::ClusterSide>,
 }
 
 pub async fn run(config_path: PathBuf, config: Config, node: Node) -> Result<(), DaemonError> {
@@ -97,6 +103,16 @@ pub async fn run(config_path: PathBuf, config: Config, node: Node) -> Result<(),
     let (rollouts, loaded) = Controller::load(&config, Arc::new(SystemClock))?;
     // Names are looked up before the kernel is touched: a refusal changes nothing.
     let (discovery, mut found) = Discovery::start(&config).await?;
+    // Cluster mode: the cluster's rollouts are read before the kernel is touched, so a node
+    // that starts (or restarts) mid-rollout steers its first connection with the current
+    // share. An etcd that does not answer in time leaves the last state this node saw.
+    let (cluster_side, mut cluster_events) = match &config.cluster {
+        Some(cc) => {
+            let (handle, events) = Cluster::start(cc)?;
+            (Some(cluster::ClusterSide::new(handle)), Some(events))
+        }
+        None => (None, None),
+    };
     let dp = Dataplane::load(&config, &node)?;
     let mut d = Daemon {
         config_path,
@@ -108,7 +124,12 @@ pub async fn run(config_path: PathBuf, config: Config, node: Node) -> Result<(),
         dp,
         drainer: None,
         health: AgentHealth::default(),
+        cluster: cluster_side,
     };
+    if let Some(events) = cluster_events.as_mut() {
+        d.health.cluster = d.cluster.as_ref().map(cluster::ClusterSide::health);
+        d.first_cluster_state(events).await;
+    }
     let report = d.steer()?;
     if loaded.changed {
         d.save();
@@ -160,6 +181,7 @@ pub async fn run(config_path: PathBuf, config: Config, node: Node) -> Result<(),
             }
             Some(first) = found.recv() => d.discovered(first, &mut found),
             Some(report) = drained.recv() => d.drained(report),
+            Some(e) = next_event(&mut cluster_events) => d.cluster_event(e),
             _ = share_sample.tick() => match d.dp.share_counts() {
                 Ok(counts) => windows.record(&counts, std::time::Instant::now()),
                 Err(e) => tracing::warn!(error = %crate::error_chain(&e), "reading counters failed"),
@@ -180,6 +202,11 @@ pub async fn run(config_path: PathBuf, config: Config, node: Node) -> Result<(),
                 }
             },
             Some(call) = calls.recv() => {
+                let (request, reply) = match d.deferred(call.request, call.reply) {
+                    Some(now) => now,
+                    None => continue,
+                };
+                let call = api::ApiCall { request, reply, written: call.written };
                 let response = d.handle(call.request);
                 // Only a detach that happened ends the daemon; a refused one changes nothing.
                 let detached = matches!(response, Response::Detached { .. });
@@ -199,6 +226,16 @@ pub async fn run(config_path: PathBuf, config: Config, node: Node) -> Result<(),
     Ok(())
 }
 
+/// The next event of the cluster session (never, on a single host).
+async fn next_event(
+    events: &mut Option<mpsc::Receiver<crate::cluster::Event>>,
+) -> Option<crate::cluster::Event> {
+    match events {
+        Some(e) => e.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Removes the socket, and its directory if that is now empty (we created it).
 fn remove_socket(path: &Path) {
     let _ = std::fs::remove_file(path);
@@ -210,10 +247,14 @@ fn remove_socket(path: &Path) {
 impl Daemon {
     /// Inputs -> desired state -> kernel.
     fn steer(&mut self) -> Result<ApplyReport, DataplaneError> {
+        let shares = match &self.cluster {
+            Some(c) => self.cluster_shares(c),
+            None => self.rollouts.shares(),
+        };
         let desired = desired_state(
             &self.config,
             &self.node,
-            &self.rollouts.shares(),
+            &shares,
             &self.discovery.resolved(),
         );
         let report = self.dp.apply(desired)?;
@@ -268,6 +309,7 @@ impl Daemon {
             return;
         }
         match self.dp.samples_of(&active) {
+            Ok(samples) if self.cluster.is_some() => self.cluster_tick(&samples),
             Ok(samples) => {
                 let outcome = self.rollouts.tick(&samples);
                 self.carry_out(outcome);
@@ -300,7 +342,19 @@ impl Daemon {
     }
 
     fn save(&mut self) {
-        let saved = self.rollouts.save();
+        // In cluster mode the file keeps the last state etcd confirmed: what a restart
+        // during an outage steers with.
+        let saved = match &self.cluster {
+            Some(c) => {
+                let states = c
+                    .confirmed
+                    .iter()
+                    .map(|(n, s)| (n.clone(), s.state.clone()))
+                    .collect();
+                rollout::save_states(self.rollouts.state_path(), &states)
+            }
+            None => self.rollouts.save(),
+        };
         self.health.saved(saved.is_ok());
         if let Err(e) = saved {
             tracing::error!(error = %crate::error_chain(&e), "persisting the rollout state failed; a restart would resume from the last state written");

@@ -90,6 +90,7 @@ pub fn status(
                     .then(|| 100.0 * canary as f64 / (stable + canary) as f64),
                 rollout: None,
                 names: Vec::new(),
+                cluster_nodes: None,
             })
         })
         .collect()

@@ -365,4 +365,18 @@ fn health_series(f: &mut Families, h: &AgentHealth) {
         Vec::new(),
         if h.cgroup_missing.is_some() { 0.0 } else { 1.0 },
     );
+    if let Some(c) = h.cluster {
+        f.gauge(
+            "sluice_cluster_connected",
+            "Cluster mode: 1 while this node's session with etcd is up; 0 while it fails static (keeps its shares, lowers them only through its guards).",
+            Vec::new(),
+            if c.connected { 1.0 } else { 0.0 },
+        );
+        f.gauge(
+            "sluice_cluster_leader",
+            "Cluster mode: 1 while this node leads the cluster's rollouts (runs their analyses).",
+            Vec::new(),
+            if c.leader { 1.0 } else { 0.0 },
+        );
+    }
 }

@@ -10,7 +10,7 @@ use std::{
 use sluice_common::PPM;
 
 use super::{
-    Outcome,
+    Outcome, Reading,
     clock::{Clock, Moment},
     machine::Rollout,
     state::{self, RolloutState, StateError},
@@ -183,10 +183,93 @@ impl Controller {
         let mut outcome = Outcome::default();
         for s in samples {
             if let Some(r) = self.rollouts.get_mut(&s.name) {
-                r.tick(&s.name, now, &s.versions, &mut outcome);
+                r.tick(&s.name, now, &s.versions, true, &mut outcome);
             }
         }
         outcome
+    }
+
+    /// Cluster mode, every node: the guards alone, on this node's own counters. The services
+    /// whose guard tripped (their copy is rolled back; the cluster's is not yet).
+    pub fn guard_tick(&mut self, samples: &[ServiceSample], node: &str) -> Vec<String> {
+        let now = self.clock.now();
+        samples
+            .iter()
+            .filter(|s| {
+                self.rollouts
+                    .get_mut(&s.name)
+                    .is_some_and(|r| r.guard_only(&s.name, now, &s.versions, node))
+            })
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    /// Cluster mode, the leader: one tick of a rollout's analysis on the cluster's counters
+    /// (the guards run on each node). Whether its state changed.
+    pub fn analysis_tick(&mut self, service: &str, cluster: &Reading) -> bool {
+        let now = self.clock.now();
+        let Some(r) = self.rollouts.get_mut(service) else {
+            return false;
+        };
+        let before = r.state.clone();
+        let mut outcome = Outcome::default();
+        r.tick(service, now, cluster, false, &mut outcome);
+        r.state != before
+    }
+
+    /// Cluster mode: the cluster's state of a rollout replaces this copy when it differs (a
+    /// decision made elsewhere, or a write of ours that lost). The analysis window starts
+    /// again; the guard's recent counts stay, they are this node's. Only a state about the
+    /// canary set this node is configured with is taken. Whether it was.
+    pub fn adopt(&mut self, service: &str, state: &RolloutState) -> bool {
+        let Some(r) = self.rollouts.get_mut(service) else {
+            return false;
+        };
+        if r.state.fingerprint != state.fingerprint || r.state == *state {
+            return false;
+        }
+        r.state = state.clone();
+        r.window = None;
+        r.next_analysis = None;
+        r.sequential = None;
+        true
+    }
+
+    /// Cluster mode: this node's guard tripped but its rollback did not reach etcd; the
+    /// cluster's state (adopted since) is rolled back again. Whether there was one to.
+    pub fn guard_rollback_again(&mut self, service: &str, node: &str) -> bool {
+        let now = self.clock.now();
+        let Some(r) = self.rollouts.get_mut(service) else {
+            return false;
+        };
+        if r.state.phase.is_final() {
+            return false;
+        }
+        let reason = format!(
+            "guard on node {node}: it tripped while its rollback could not be written (etcd \
+             unreachable, or another write came first); written now"
+        );
+        r.roll_back(service, now, Action::GuardRollback, reason, Vec::new());
+        true
+    }
+
+    /// Cluster mode: a new analysis window from the next tick (the nodes it judges changed).
+    pub fn restart_window(&mut self, service: &str) {
+        if let Some(r) = self.rollouts.get_mut(service) {
+            r.window = None;
+            r.sequential = None;
+        }
+    }
+
+    /// This node's copy of a rollout's state.
+    pub fn state_of(&self, service: &str) -> Option<&RolloutState> {
+        self.rollouts.get(service).map(|r| &r.state)
+    }
+
+    /// The nodes the rollout's current step goes to.
+    pub fn step_nodes(&self, service: &str) -> Option<&crate::config::Nodes> {
+        let r = self.rollouts.get(service)?;
+        r.config.step_nodes.get(r.state.step)
     }
 
     /// The kernel refused what a rollout decided: the rollout cannot be carried out.

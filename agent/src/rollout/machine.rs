@@ -38,6 +38,8 @@ pub(super) struct Rollout {
     pub sequential: Option<(Instant, Sequential)>,
     pub recent: VecDeque<(Instant, Reading)>,
     pub last_checks: Vec<CheckResult>,
+    /// Cluster mode: the node whose guard is being run, for the decision's reason.
+    guard_node: Option<String>,
 }
 
 impl Rollout {
@@ -57,6 +59,7 @@ impl Rollout {
             sequential: None,
             recent: VecDeque::new(),
             last_checks: Vec::new(),
+            guard_node: None,
         }
     }
 
@@ -81,9 +84,20 @@ impl Rollout {
         }
     }
 
-    pub fn tick(&mut self, name: &str, now: Moment, reading: &Reading, out: &mut Outcome) {
-        let totals = Counts::of(&reading[1], self.http1);
-        self.guard.record(now.at, totals.samples, totals.errors);
+    /// One tick. `guarding`: run the guard on this reading too (a single host; in cluster
+    /// mode the guard runs on the node's own counters, [`Rollout::guard_only`]).
+    pub fn tick(
+        &mut self,
+        name: &str,
+        now: Moment,
+        reading: &Reading,
+        guarding: bool,
+        out: &mut Outcome,
+    ) {
+        if guarding {
+            let totals = Counts::of(&reading[1], self.http1);
+            self.guard.record(now.at, totals.samples, totals.errors);
+        }
         self.recent.push_back((now.at, reading.clone()));
         while self
             .recent
@@ -97,7 +111,7 @@ impl Rollout {
             return;
         }
         // The guard first, in every phase that sends the canary traffic.
-        if self.state.weight_ppm > 0 && self.guard_trips(name, now) {
+        if guarding && self.state.weight_ppm > 0 && self.guard_trips(name, now) {
             out.steer(name, 0);
             return;
         }
@@ -147,14 +161,32 @@ impl Rollout {
         }
     }
 
+    /// The guard alone, on this node's own counters (cluster mode): whether it tripped (and
+    /// rolled the canary back).
+    pub fn guard_only(&mut self, name: &str, now: Moment, local: &Reading, node: &str) -> bool {
+        let totals = Counts::of(&local[1], self.http1);
+        self.guard.record(now.at, totals.samples, totals.errors);
+        if self.state.phase.is_final() || self.state.weight_ppm == 0 {
+            return false;
+        }
+        self.guard_node = Some(node.to_owned());
+        let tripped = self.guard_trips(name, now);
+        self.guard_node = None;
+        tripped
+    }
+
     /// Runs the guard; a trip rolls the canary back.
     fn guard_trips(&mut self, name: &str, now: Moment) -> bool {
         let Some(t) = self.guard.check(&self.config.guard) else {
             return false;
         };
         let g = self.config.guard;
+        let on = match &self.guard_node {
+            Some(node) => format!(" on node {node}"),
+            None => String::new(),
+        };
         let reason = format!(
-            "guard: {} of the canary's last {} attempts failed (more than {} of {})",
+            "guard{on}: {} of the canary's last {} attempts failed (more than {} of {})",
             t.failures, t.attempts, g.max_failures, g.last
         );
         // The evidence in the shape of a check: failures counted against the bound, over the

@@ -32,9 +32,10 @@ mod status;
 use std::time::Duration;
 
 pub use advice::{Warning, log_warnings, warnings};
-pub use clock::{Clock, Moment, SystemClock};
+pub use clock::{Clock, Moment, SystemClock, unix_ms};
 pub use controller::{CommandError, Controller};
-pub use state::{StateError, state_file_is_ours};
+pub use evidence::Counts;
+pub use state::{RolloutState, StateError, save as save_states, state_file_is_ours};
 
 /// How often guards run (and counters are read for them).
 pub const TICK: Duration = Duration::from_millis(250);

@@ -40,6 +40,14 @@ pub struct AgentHealth {
     pub state_saves: [u64; 2],
     /// Why the attach cgroup is not steered now, if it is not.
     pub cgroup_missing: Option<String>,
+    /// Cluster mode: whether etcd is reachable, and whether this node leads.
+    pub cluster: Option<ClusterHealth>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterHealth {
+    pub connected: bool,
+    pub leader: bool,
 }
 
 impl AgentHealth {

@@ -9,9 +9,9 @@ mod rollout;
 mod service;
 
 pub use discovery::{DiscoverySeries, LOOKUP_RESULTS, NameStatus};
-pub use health::{AgentHealth, ReloadResult};
+pub use health::{AgentHealth, ClusterHealth, ReloadResult};
 pub use rollout::{
     Action, Check, CheckResult, Decision, Drained, Phase, RolloutStatus, Unit, Verdict,
     VersionLive, fmt_duration,
 };
-pub use service::{ServiceSample, ServiceStatus, ShareCount};
+pub use service::{ClusterNodes, ServiceSample, ServiceStatus, ShareCount};

@@ -33,6 +33,18 @@ pub struct ServiceStatus {
     /// The names the service gives and how they resolve (the daemon adds them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<super::NameStatus>,
+    /// Cluster mode, for a service with a rollout: every node's callers' counts, as the
+    /// nodes published them (which node's callers see the canary fail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_nodes: Option<ClusterNodes>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterNodes {
+    pub nodes: Vec<crate::cluster::NodeBreakdown>,
+    /// Why the breakdown could not be read, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Raw kernel numbers of one service, summed over CPUs: what the exporter encodes and the

@@ -185,6 +185,11 @@ impl Agent {
         }
     }
 
+    /// Whether the daemon is running and answers its socket.
+    pub fn answers(&self) -> bool {
+        self.child.is_some() && answers(&sluice_bin(), &self.socket)
+    }
+
     /// The daemon's pid (it must be running).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()

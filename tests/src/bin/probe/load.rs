@@ -30,7 +30,10 @@ pub fn run(
     seconds: f64,
     threads: usize,
     stop_file: Option<std::path::PathBuf>,
+    path: &str,
 ) {
+    let request_text: Arc<str> =
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").into();
     assert!(
         rate > 0.0 && seconds > 0.0 && threads > 0,
         "bad load arguments"
@@ -43,6 +46,7 @@ pub fn run(
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let (tally, out, stop_file) = (tally.clone(), out.clone(), stop_file.clone());
+            let request_text = request_text.clone();
             std::thread::spawn(move || {
                 // Request i of this thread is due at start + (t + i * threads) / rate.
                 let mut i = 0u64;
@@ -58,7 +62,7 @@ pub fn run(
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
                     }
-                    let result = request(target);
+                    let result = request(target, &request_text);
                     let mut tl = tally.lock().expect("tally");
                     let fail = match result {
                         Ok(status) => {
@@ -91,13 +95,12 @@ pub fn run(
     let _ = writeln!(o, "{summary}");
 }
 
-fn request(target: SocketAddr) -> Result<u16, String> {
+fn request(target: SocketAddr, text: &str) -> Result<u16, String> {
     let kind = |e: std::io::Error| format!("{:?}", e.kind());
     let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(2)).map_err(kind)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(kind)?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .map_err(kind)?;
+    s.write_all(text.as_bytes()).map_err(kind)?;
     let mut reader = BufReader::new(s);
     super::http::read_response(&mut reader)
         .map(|(status, _)| status)

@@ -3,7 +3,7 @@
 //! reports which backend answered each and what `getpeername` said, or (`--hold`) keeps one
 //! connection open across a change the test makes and reports its backend before and after.
 //!
-//! `--load RATE --seconds S --threads N [--stop-file F]`: HTTP GETs at a fixed rate, one new connection
+//! `--load RATE --seconds S --threads N [--stop-file F] [--path P]`: HTTP GETs at a fixed rate, one new connection
 //! each (so each request is steered anew), for a bounded time; see `load.rs`.
 //!
 //! `--pool N --interval-ms I --seconds S`: a keep-alive pool of N connections that checks
@@ -55,7 +55,11 @@ fn main() {
             .iter()
             .position(|a| a == "--stop-file")
             .map(|i| std::path::PathBuf::from(&args[i + 1]));
-        load::run(target, rate, seconds, threads, stop_file);
+        let path = args
+            .iter()
+            .position(|a| a == "--path")
+            .map_or_else(|| "/".to_owned(), |i| args[i + 1].clone());
+        load::run(target, rate, seconds, threads, stop_file, &path);
     } else if let Some(i) = args.iter().position(|a| a == "--pool") {
         let n: usize = args[i + 1].parse().expect("--pool CONNECTIONS");
         let interval: u64 = arg("--interval-ms").parse().expect("--interval-ms MS");

@@ -1,0 +1,256 @@
+//! A real etcd cluster on loopback ports for the cluster tests: Debian's etcd 3.4, each
+//! member a process this test started, with its own data directory. Dropping it kills the
+//! members (by their pids) and removes their directories.
+
+use std::{
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    initial: String,
+    token: String,
+    root: PathBuf,
+}
+
+impl EtcdCluster {
+    /// `n` members, started together; returns once every member answers.
+    pub fn start(tag: &str, n: usize) -> Self {
+        let root = std::env::temp_dir().join(format!("sluice-etcd-{tag}"));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("etcd dir");
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: crate::unused_port("127.0.0.1"),
+                peer: crate::unused_port("127.0.0.1"),
+                dir: root.join(format!("m{i}")),
+                child: None,
+            })
+            .collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Self {
+            members,
+            initial,
+            token: format!("sluice-{tag}"),
+            root,
+        };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c.wait_healthy(Duration::from_secs(20));
+        c
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let m = &self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join(format!("{}.log", m.name)))
+            .expect("etcd log");
+        let child = Command::new("etcd")
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&m.dir)
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{}", m.client),
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{}", m.client),
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{}", m.peer),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{}", m.peer),
+                "--initial-cluster",
+                &self.initial,
+                "--initial-cluster-token",
+                &self.token,
+                "--initial-cluster-state",
+                "new",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd (Debian's etcd-server; `cargo xtask setup` installs it)");
+        self.members[i].child = Some(child);
+    }
+
+    /// Client URLs of every member.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .collect()
+    }
+
+    pub fn client_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.members[i].client))
+    }
+
+    /// SIGKILL of member `i`, by the pid we started.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data directory.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none(), "member {i} is running");
+        self.spawn(i);
+    }
+
+    /// Waits until `etcdctl endpoint health` passes for every running member.
+    pub fn wait_healthy(&self, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        let running: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .collect();
+        loop {
+            let ok = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &running.join(","), "endpoint", "health"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "etcd did not become healthy in {timeout:?}; logs under {}",
+                self.root.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `etcdctl get KEY --print-value-only`, for what the test reads of the cluster itself.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoints().join(",")])
+            .args(["get", key, "--print-value-only"])
+            .output()
+            .expect("etcdctl");
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (out.status.success() && !text.is_empty()).then_some(text)
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A TCP relay on a loopback port to one etcd member: cutting it closes every connection
+/// through it and refuses new ones, as a network partition of that one node would.
+pub struct Relay {
+    pub addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    pub fn start(to: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("relay bind");
+        let addr = listener.local_addr().expect("relay addr");
+        let open = Arc::new(AtomicBool::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (o, s, st) = (open.clone(), stop.clone(), streams.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = conn else { continue };
+                if !o.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(to) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                for (a, b) in [(&client, &server), (&server, &client)] {
+                    let (mut r, mut w) =
+                        (a.try_clone().expect("clone"), b.try_clone().expect("clone"));
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut r, &mut w);
+                        let _ = w.shutdown(Shutdown::Both);
+                        let _ = r.shutdown(Shutdown::Both);
+                    });
+                }
+                if let Ok(mut v) = st.lock() {
+                    v.push(client);
+                    v.push(server);
+                }
+            }
+        });
+        Self {
+            addr,
+            open,
+            stop,
+            streams,
+            thread: Some(thread),
+        }
+    }
+
+    /// Closes every connection through the relay and refuses new ones.
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        if let Ok(mut v) = self.streams.lock() {
+            for s in v.drain(..) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so it sees `stop`.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
