@@ -25,6 +25,10 @@ enum Command {
         /// The canary starts failing part of its requests half-way: watch it rolled back.
         #[arg(long)]
         faulty_canary: bool,
+        /// One rollout across three node agents through a 3-member etcd on loopback, the
+        /// leader killed mid-rollout (about a minute).
+        #[arg(long, conflicts_with = "faulty_canary")]
+        cluster: bool,
     },
     /// Benchmark sluice side by side with no steering, iptables, nftables, haproxy and
     /// Envoy, in one run in a network namespace of its own; writes target/bench/report.md
@@ -49,6 +53,20 @@ enum Command {
         /// (about two minutes); writes target/bench-drain/report.{json,md}.
         #[arg(long, conflicts_with_all = ["quick", "signals", "discovery"])]
         drain: bool,
+        /// Only cluster mode's cost to etcd: synthetic nodes publishing evidence and
+        /// watching rollouts against a 3-member etcd on loopback (about a minute); writes
+        /// target/bench-cluster/report.{json,md}.
+        #[arg(long, conflicts_with_all = ["quick", "signals", "discovery", "drain"])]
+        cluster: bool,
+        /// Synthetic nodes with --cluster.
+        #[arg(long, default_value_t = 500, requires = "cluster")]
+        publishers: usize,
+        /// Services under a rollout on each node with --cluster.
+        #[arg(long, default_value_t = 20, requires = "cluster")]
+        rollouts: usize,
+        /// Seconds between a node's publications with --cluster.
+        #[arg(long, default_value_t = 2.0, requires = "cluster")]
+        publish_interval: f64,
         /// Services a side with --discovery.
         #[arg(long, default_value_t = 1000, requires = "discovery")]
         services: u32,
@@ -82,19 +100,33 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Demo { faulty_canary } => demo::demo(faulty_canary),
+        Command::Demo {
+            faulty_canary,
+            cluster,
+        } => demo::demo(faulty_canary, cluster),
         Command::Bench {
             quick,
             signals,
             discovery,
             drain,
+            cluster,
+            publishers,
+            rollouts,
+            publish_interval,
             services,
             window,
             rounds,
             seconds,
             perf,
         } => {
-            if drain {
+            if cluster {
+                bench::cluster::run(bench::cluster::Options {
+                    publishers,
+                    services: rollouts,
+                    publish_interval: std::time::Duration::from_secs_f64(publish_interval),
+                    seconds: 30,
+                })
+            } else if drain {
                 bench::drain::run()
             } else if discovery {
                 bench::discovery::run(services, window)

@@ -107,6 +107,14 @@ impl EtcdCluster {
         SocketAddr::from(([127, 0, 0, 1], self.members[i].client))
     }
 
+    /// The running members' pids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .filter_map(|m| m.child.as_ref().map(Child::id))
+            .collect()
+    }
+
     /// SIGKILL of member `i`, by the pid we started.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {

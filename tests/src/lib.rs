@@ -75,6 +75,9 @@ impl ProbeResult {
 
 /// The probe binary: cargo builds it beside the test executables' `deps/` folder.
 pub fn probe_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("SLUICE_PROBE") {
+        return p.into();
+    }
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     dir.join("sluice-probe")

@@ -26,7 +26,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Largest value read from etcd: a rollout's state with its 20 decisions is well under.
 const MAX_VALUE_BYTES: usize = 1 << 20;
 
-
 pub(super) struct Session {
     pub config: ClusterConfig,
     pub node: String,

@@ -143,21 +143,39 @@ mod tests {
         let r = c.services[0].rollout.as_ref().expect("rollout");
         assert_eq!(r.steps_ppm, vec![50_000, 250_000, 100_000, 500_000]);
         let zone_a = Nodes::Labels([("zone".to_owned(), "a".to_owned())].into());
-        assert_eq!(r.step_nodes, vec![zone_a.clone(), zone_a, Nodes::All, Nodes::All]);
+        assert_eq!(
+            r.step_nodes,
+            vec![zone_a.clone(), zone_a, Nodes::All, Nodes::All]
+        );
     }
 
     #[test]
     fn bad_waves_are_refused_naming_the_key() {
         for (rollout, with_cluster, key) in [
-            ("waves: [{nodes: {zone: a}, steps: [5]}]", false, "rollout.waves"),
+            (
+                "waves: [{nodes: {zone: a}, steps: [5]}]",
+                false,
+                "rollout.waves",
+            ),
             ("waves: []", true, "rollout.waves"),
             ("waves: [{nodes: some, steps: [5]}]", true, "waves[0].nodes"),
             ("waves: [{nodes: {}, steps: [5]}]", true, "waves[0].nodes"),
             ("waves: [{nodes: all, steps: []}]", true, "waves[0].steps"),
-            ("waves: [{nodes: all, steps: [5, 5]}]", true, "waves[0].steps[1]"),
-            ("{steps: [5], waves: [{nodes: all, steps: [5]}]}", true, "rollout.waves"),
+            (
+                "waves: [{nodes: all, steps: [5, 5]}]",
+                true,
+                "waves[0].steps[1]",
+            ),
+            (
+                "{steps: [5], waves: [{nodes: all, steps: [5]}]}",
+                true,
+                "rollout.waves",
+            ),
         ] {
-            let rollout = rollout.trim_start_matches('{').trim_end_matches('}').replace(", waves", "\n      waves");
+            let rollout = rollout
+                .trim_start_matches('{')
+                .trim_end_matches('}')
+                .replace(", waves", "\n      waves");
             let head = if with_cluster { CLUSTER } else { "" };
             let e = parse_str(&format!("{head}{}", service(&rollout))).expect_err(&rollout);
             assert!(e.to_string().contains(key), "{rollout}: {e}");

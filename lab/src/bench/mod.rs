@@ -5,6 +5,7 @@
 //! direct path measured in the same run.
 
 mod agents;
+pub mod cluster;
 pub mod discovery;
 pub mod drain;
 mod env;

@@ -7,6 +7,7 @@
 //! ends or is interrupted (Ctrl-C).
 
 mod client;
+mod cluster;
 mod view;
 
 use std::{
@@ -47,7 +48,7 @@ const FAULT_EVERY: u64 = 5;
 /// The demo gives up after this long whatever the rollout does.
 const LIMIT: Duration = Duration::from_secs(240);
 
-pub fn demo(faulty: bool) -> anyhow::Result<()> {
+pub fn demo(faulty: bool, in_cluster: bool) -> anyhow::Result<()> {
     if !crate::util::is_root() {
         bail!("the demo attaches kernel programs: run it as root");
     }
@@ -56,6 +57,26 @@ pub fn demo(faulty: bool) -> anyhow::Result<()> {
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("Ctrl-C handler")?;
+    if in_cluster {
+        run(cargo().args([
+            "build",
+            "--package",
+            "sluice-tests",
+            "--bin",
+            "sluice-probe",
+        ]))?;
+        // The test kit's agents and clients find their binaries through these.
+        // SAFETY: set before the demo starts any thread that reads the environment.
+        unsafe {
+            std::env::set_var("SLUICE_BIN", root.join("target/debug/sluice"));
+            std::env::set_var("SLUICE_PROBE", root.join("target/debug/sluice-probe"));
+        }
+        let result = cluster::demo(&interrupted);
+        if interrupted.load(Ordering::SeqCst) {
+            println!("\ninterrupted: everything the demo started is stopped and removed");
+        }
+        return result;
+    }
     let mut env = DemoEnv {
         sluice: root.join("target/debug/sluice"),
         stop_file: root.join("target/sluice-demo.stop"),
