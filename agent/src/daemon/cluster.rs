@@ -17,6 +17,9 @@ use crate::{
     view::{ClusterHealth, Phase, ServiceSample},
 };
 
+/// How long a finished rollout's evidence is still published.
+const FINISHED_PUBLISHED_MS: u64 = 60_000;
+
 pub(super) struct ClusterSide {
     pub handle: Cluster,
     pub connected: bool,
@@ -323,12 +326,21 @@ impl Daemon {
             return;
         };
         let node = c.handle.node.clone();
-        // Evidence: the services whose rollout the cluster runs and this node shares.
+        // Evidence: the services whose rollout the cluster runs and this node shares; a
+        // finished one's for a minute more, so `sluice status` still shows which node's
+        // callers saw what, up to the end.
+        let now = crate::rollout::unix_ms();
+        let recent = |st: &Stored| {
+            st.state
+                .decisions
+                .back()
+                .is_some_and(|d| now.saturating_sub(d.at_unix_ms) < FINISHED_PUBLISHED_MS)
+        };
         let publication = samples
             .iter()
             .filter(|s| {
                 c.confirmed.get(&s.name).is_some_and(|st| {
-                    !st.state.phase.is_final()
+                    (!st.state.phase.is_final() || recent(st))
                         && self
                             .rollouts
                             .state_of(&s.name)

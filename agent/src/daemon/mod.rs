@@ -304,7 +304,15 @@ impl Daemon {
 
     /// A guard tick (and, when due, an analysis) of every active rollout.
     fn rollout_tick(&mut self) {
-        let active = self.rollouts.active();
+        let mut active = self.rollouts.active();
+        if let Some(c) = &self.cluster {
+            // Finished rollouts too: their evidence is published a while longer.
+            for name in c.confirmed.keys() {
+                if !active.contains(name) {
+                    active.push(name.clone());
+                }
+            }
+        }
         if active.is_empty() {
             return;
         }
