@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::Daemon;
 use crate::{
-    api::{Request, Response, RolloutAction},
+    api::{Request, Response},
     cluster::{After, Cluster, Event, Stored, Tally, WriteError},
     config::{ClusterConfig, Nodes},
     desired::{RolloutShare, RolloutShares},
@@ -497,12 +497,7 @@ impl Daemon {
             )));
             return None;
         }
-        let result = match action {
-            RolloutAction::Promote => self.rollouts.promote(&service),
-            RolloutAction::Abort => self.rollouts.abort(&service),
-            RolloutAction::Pause => self.rollouts.pause(&service),
-            RolloutAction::Resume => self.rollouts.resume(&service),
-        };
+        let result = self.command(&service, action);
         match result {
             Ok(_) => self.write(&service, stored.revision, false, After::Command(reply)),
             Err(e) => {

@@ -155,12 +155,7 @@ impl Daemon {
     }
 
     fn rollout(&mut self, service: String, action: RolloutAction) -> Response {
-        let result = match action {
-            RolloutAction::Promote => self.rollouts.promote(&service),
-            RolloutAction::Abort => self.rollouts.abort(&service),
-            RolloutAction::Pause => self.rollouts.pause(&service),
-            RolloutAction::Resume => self.rollouts.resume(&service),
-        };
+        let result = self.command(&service, action);
         match result {
             Ok(outcome) => {
                 self.carry_out(outcome);
@@ -173,6 +168,20 @@ impl Daemon {
                 }
             }
             Err(e) => error(&e),
+        }
+    }
+
+    /// An operator's command on this node's copy of a rollout.
+    pub(super) fn command(
+        &mut self,
+        service: &str,
+        action: RolloutAction,
+    ) -> Result<crate::rollout::Outcome, CommandError> {
+        match action {
+            RolloutAction::Promote => self.rollouts.promote(service),
+            RolloutAction::Abort => self.rollouts.abort(service),
+            RolloutAction::Pause => self.rollouts.pause(service),
+            RolloutAction::Resume => self.rollouts.resume(service),
         }
     }
 
