@@ -174,23 +174,31 @@ fn bpf_linker(toolchain: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the image needs besides the build: the static target, umoci and skopeo to make it,
-/// crun and curl for the test that runs it.
+/// What the image needs besides the build: the static target and musl's C compiler (the TLS
+/// library's C and assembly are built for it), umoci and skopeo to make it, crun and curl
+/// for the test that runs it.
 pub fn image_tools() -> anyhow::Result<()> {
     let targets = output(rustup().args(["target", "list", "--installed"])).unwrap_or_default();
     if !targets.lines().any(|t| t.trim() == crate::image::TARGET) {
         eprintln!("setup: adding the {} target", crate::image::TARGET);
         run(rustup().args(["target", "add", crate::image::TARGET]))?;
     }
-    let missing: Vec<&str> = ["umoci", "skopeo", "crun", "curl"]
-        .into_iter()
-        .filter(|bin| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {bin}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .collect();
+    let missing: Vec<&str> = [
+        ("x86_64-linux-musl-gcc", "musl-tools"),
+        ("umoci", "umoci"),
+        ("skopeo", "skopeo"),
+        ("crun", "crun"),
+        ("curl", "curl"),
+    ]
+    .into_iter()
+    .filter(|(bin, _)| {
+        !Command::new("sh")
+            .args(["-c", &format!("command -v {bin}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+    .map(|(_, package)| package)
+    .collect();
     if !missing.is_empty() {
         eprintln!("setup: installing {} (Debian)", missing.join(", "));
         run(Command::new("apt-get").args(["update", "-qq"]))?;
