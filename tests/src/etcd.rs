@@ -1,6 +1,9 @@
 //! A real etcd cluster on loopback ports for the cluster tests: Debian's etcd 3.4, each
-//! member a process this test started, with its own data directory. Dropping it kills the
+//! member a process this test started, with its own data directory; in secure mode with
+//! TLS, client certificates and user authentication, as a production etcd runs. Dropping it kills the
 //! members (by their pids) and removes their directories.
+
+use crate::pki::{Pair, Pki};
 
 use std::{
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
@@ -26,11 +29,32 @@ pub struct EtcdCluster {
     initial: String,
     token: String,
     root: PathBuf,
+    secure: Option<Secure>,
+}
+
+/// What a member asks of clients in secure mode: TLS with a client certificate signed by
+/// `pki`, and, once [`EtcdCluster::enable_auth`] ran, a user and password.
+struct Secure {
+    pki: Pki,
+    server: Pair,
+    /// etcdctl's own certificate and password, as etcd's `root` user.
+    root: Pair,
+    root_password: Option<String>,
 }
 
 impl EtcdCluster {
     /// `n` members, started together; returns once every member answers.
     pub fn start(tag: &str, n: usize) -> Self {
+        Self::start_with(tag, n, false)
+    }
+
+    /// As [`EtcdCluster::start`], with TLS on the client URLs and client certificates
+    /// required (`--client-cert-auth`), signed by a CA made for it ([`EtcdCluster::pki`]).
+    pub fn start_secure(tag: &str, n: usize) -> Self {
+        Self::start_with(tag, n, true)
+    }
+
+    fn start_with(tag: &str, n: usize, secure: bool) -> Self {
         let root = std::env::temp_dir().join(format!("sluice-etcd-{tag}"));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).expect("etcd dir");
@@ -48,11 +72,21 @@ impl EtcdCluster {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
             .collect::<Vec<_>>()
             .join(",");
+        let secure = secure.then(|| {
+            let pki = Pki::new(&root.join("pki"));
+            Secure {
+                server: pki.server("etcd"),
+                root: pki.client("root"),
+                pki,
+                root_password: None,
+            }
+        });
         let mut c = Self {
             members,
             initial,
             token: format!("sluice-{tag}"),
             root,
+            secure,
         };
         for i in 0..n {
             c.spawn(i);
@@ -68,15 +102,26 @@ impl EtcdCluster {
             .append(true)
             .open(self.root.join(format!("{}.log", m.name)))
             .expect("etcd log");
-        let child = Command::new("etcd")
+        let client_url = format!("{}://127.0.0.1:{}", self.scheme(), m.client);
+        let mut etcd = Command::new("etcd");
+        if let Some(s) = &self.secure {
+            etcd.arg("--cert-file")
+                .arg(&s.server.cert)
+                .arg("--key-file")
+                .arg(&s.server.key)
+                .arg("--trusted-ca-file")
+                .arg(s.pki.ca())
+                .arg("--client-cert-auth");
+        }
+        let child = etcd
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.dir)
             .args([
                 "--listen-client-urls",
-                &format!("http://127.0.0.1:{}", m.client),
+                &client_url,
                 "--advertise-client-urls",
-                &format!("http://127.0.0.1:{}", m.client),
+                &client_url,
                 "--listen-peer-urls",
                 &format!("http://127.0.0.1:{}", m.peer),
                 "--initial-advertise-peer-urls",
@@ -95,12 +140,88 @@ impl EtcdCluster {
         self.members[i].child = Some(child);
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.secure.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// Client URLs of every member.
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client))
             .collect()
+    }
+
+    /// The CA that signs the members' and the clients' certificates (secure mode).
+    pub fn pki(&self) -> &Pki {
+        &self.secure.as_ref().expect("a secure cluster").pki
+    }
+
+    /// Turns on etcd's user authentication: a `root` user for etcdctl, and `user` with
+    /// `password`, allowed to read and write the keys under `prefix` and nothing else.
+    pub fn enable_auth(&mut self, user: &str, password: &str, prefix: &str) {
+        let root_password = "root-secret";
+        let range_end = prefix_end(prefix);
+        let steps: [&[&str]; 7] = [
+            &["user", "add", &format!("root:{root_password}")],
+            &["user", "grant-role", "root", "root"],
+            &["user", "add", &format!("{user}:{password}")],
+            &["role", "add", user],
+            &[
+                "role",
+                "grant-permission",
+                user,
+                "readwrite",
+                prefix,
+                &range_end,
+            ],
+            &["user", "grant-role", user, user],
+            &["auth", "enable"],
+        ];
+        for args in steps {
+            let out = self
+                .etcdctl(&self.endpoints())
+                .args(args)
+                .output()
+                .expect("etcdctl");
+            assert!(
+                out.status.success(),
+                "etcdctl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        self.secure
+            .as_mut()
+            .expect("a secure cluster")
+            .root_password = Some(root_password.into());
+    }
+
+    /// etcdctl (v3 API) on `endpoints`, with the root user's credentials in secure mode.
+    fn etcdctl(&self, endpoints: &[String]) -> Command {
+        let mut c = Command::new("etcdctl");
+        c.env("ETCDCTL_API", "3").args([
+            "--endpoints",
+            &endpoints.join(","),
+            "--command-timeout",
+            "5s",
+        ]);
+        if let Some(s) = &self.secure {
+            c.arg("--cacert")
+                .arg(s.pki.ca())
+                .arg("--cert")
+                .arg(&s.root.cert)
+                .arg("--key")
+                .arg(&s.root.key);
+            if let Some(p) = &s.root_password {
+                c.args(["--user", &format!("root:{p}")]);
+            }
+        }
+        c
     }
 
     pub fn client_addr(&self, i: usize) -> SocketAddr {
@@ -136,12 +257,12 @@ impl EtcdCluster {
             .members
             .iter()
             .filter(|m| m.child.is_some())
-            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client))
             .collect();
         loop {
-            let ok = Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
-                .args(["--endpoints", &running.join(","), "endpoint", "health"])
+            let ok = self
+                .etcdctl(&running)
+                .args(["endpoint", "health"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
@@ -160,9 +281,8 @@ impl EtcdCluster {
 
     /// `etcdctl get KEY --print-value-only`, for what the test reads of the cluster itself.
     pub fn get(&self, key: &str) -> Option<String> {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.endpoints().join(",")])
+        let out = self
+            .etcdctl(&self.endpoints())
             .args(["get", key, "--print-value-only"])
             .output()
             .expect("etcdctl");
@@ -178,6 +298,14 @@ impl Drop for EtcdCluster {
         }
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// The end of the key range of every key starting with `prefix` (its last byte plus one).
+fn prefix_end(prefix: &str) -> String {
+    let mut bytes = prefix.as_bytes().to_vec();
+    let last = bytes.pop().expect("a non-empty prefix");
+    bytes.push(last + 1);
+    String::from_utf8(bytes).expect("an ASCII prefix")
 }
 
 /// A TCP relay on a loopback port to one etcd member: cutting it closes every connection

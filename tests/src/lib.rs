@@ -11,6 +11,7 @@ pub mod dns;
 pub mod etcd;
 pub mod http;
 pub mod load;
+pub mod pki;
 pub mod pool;
 pub mod schema;
 

@@ -234,3 +234,69 @@ fn the_configmaps_configuration_passes_sluice_check() {
     );
     let _ = std::fs::remove_file(&file);
 }
+
+/// The ConfigMap's commented `cluster:` block, uncommented, passes `sluice check`, and every
+/// file it names lies in the DaemonSet's mount of the etcd client's Secret.
+#[test]
+fn the_configmaps_cluster_block_passes_sluice_check_and_names_the_secrets_mount() {
+    let text = std::fs::read_to_string(deploy_dir().join("configmap.yaml")).expect("configmap");
+    let cm: Value = serde_yaml::from_str(&text).expect("yaml");
+    let config = cm["data"]["sluice.yaml"].as_str().expect("sluice.yaml");
+    let block: Vec<&str> = config
+        .lines()
+        .skip_while(|l| !l.starts_with("# cluster:"))
+        .take_while(|l| l.starts_with("# "))
+        .map(|l| &l[2..])
+        .collect();
+    assert!(block.len() > 1, "no commented cluster block in:\n{config}");
+    let enabled = format!("{}\n{config}", block.join("\n"));
+    let cluster: Value = serde_yaml::from_str(&block.join("\n")).expect("the cluster block");
+    let file = std::env::temp_dir().join(format!(
+        "sluice-configmap-cluster-{}.yaml",
+        std::process::id()
+    ));
+    std::fs::write(&file, &enabled).expect("write");
+    let out = Command::new(sluice_tests::agent::sluice_bin())
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .expect("sluice check");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "{}\n{enabled}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ds: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(deploy_dir().join("daemonset.yaml")).expect("daemonset"),
+    )
+    .expect("yaml");
+    let pod = &ds["spec"]["template"]["spec"];
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"].as_str() == Some("etcd-client"))
+        .expect("the etcd client's mount");
+    let dir = mount["mountPath"].as_str().expect("mountPath");
+    let volume = pod["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"].as_str() == Some("etcd-client"))
+        .expect("the etcd client's volume");
+    assert_eq!(volume["secret"]["optional"], Value::Bool(true));
+    let files = [
+        &cluster["cluster"]["tls"]["ca"],
+        &cluster["cluster"]["tls"]["cert"],
+        &cluster["cluster"]["tls"]["key"],
+        &cluster["cluster"]["auth"]["password_file"],
+    ];
+    for f in files {
+        let path = f.as_str().expect("a path");
+        assert!(
+            path.starts_with(&format!("{dir}/")),
+            "{path} is not in {dir}"
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! The session with etcd: connect, take a lease, read and watch the rollouts, campaign for
-//! leadership, publish this node's evidence, and carry out the daemon's conditioned writes.
+//! leadership, publish this node's evidence, and carry out the daemon's conditioned writes
+//! (the rollouts' side in `rollouts.rs`, the evidence's in `evidence_sync.rs`).
 //! Any failure ends the session (the daemon hears `Connected(false)` and fails static);
 //! the next one starts after a short backoff, from a fresh read of every rollout.
 
@@ -9,17 +10,17 @@ use std::{
 };
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
+    Certificate, Client, ConnectOptions, EventType, GetOptions, GetResponse, Identity, PutOptions,
+    TlsOptions, WatchOptions, WatchStream,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt as _;
 
-use super::{
-    ClusterError, Event, EvidenceCache, NodeEvidence, Publication, REQUEST_TIMEOUT, Stored,
-    StoredValue, Write, WriteError,
-};
+use super::{ClusterError, Event, EvidenceCache, Publication, REQUEST_TIMEOUT, Write, WriteError};
 use crate::config::ClusterConfig;
+
+mod evidence_sync;
+mod rollouts;
 
 /// Longest wait between two tries to reach etcd.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -53,10 +54,8 @@ pub(super) fn options(c: &ClusterConfig) -> Result<ConnectOptions, ClusterError>
         .with_keep_alive_while_idle(true)
         .with_require_leader(true);
     if let Some(tls) = &c.tls {
-        let mut t = TlsOptions::new();
-        if let Some(ca) = &tls.ca {
-            t = t.ca_certificate(Certificate::from_pem(read("the etcd CA", ca)?));
-        }
+        let mut t =
+            TlsOptions::new().ca_certificate(Certificate::from_pem(read("the etcd CA", &tls.ca)?));
         if let Some((cert, key)) = &tls.identity {
             t = t.identity(Identity::from_pem(
                 read("the etcd client certificate", cert)?,
@@ -103,6 +102,26 @@ impl Session {
         format!("{}{rest}", self.config.prefix)
     }
 
+    /// A member that requires a client certificate closes the TLS handshake of a client
+    /// without one, which the transport reports only as a closed connection.
+    fn with_tls_hint(&self, error: String) -> String {
+        let tls_without_identity = self
+            .config
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.identity.is_none());
+        let refused_handshake =
+            error.contains("connection closed") || error.contains("BadCertificate");
+        if tls_without_identity && refused_handshake {
+            format!(
+                "{error} (if the members require client certificates, give `cluster.tls.cert` \
+                 and `cluster.tls.key`)"
+            )
+        } else {
+            error
+        }
+    }
+
     async fn tell(&self, e: Event) {
         let _ = self.events.send(e).await;
     }
@@ -137,7 +156,7 @@ impl Session {
                 tracing::error!(endpoint, error = %why, "lost etcd: this node keeps its shares as they are (it lowers them only through its guards) until it is back");
                 backoff = Duration::from_millis(250);
             } else if why != last_error {
-                tracing::warn!(endpoint, error = %why, "cannot reach etcd; trying the next member");
+                tracing::warn!(endpoint, error = %why, "no session with etcd (unreachable, or it refused this node); trying the next member");
             }
             last_error = why;
             if started.elapsed() > Duration::from_secs(10) {
@@ -191,7 +210,8 @@ impl Session {
             "connecting",
             Client::connect([endpoint], Some(self.options.clone())),
         )
-        .await?;
+        .await
+        .map_err(|e| self.with_tls_hint(e))?;
         let mut live = Live {
             client,
             lease: 0,
@@ -290,318 +310,9 @@ impl Session {
             }
         }
     }
-
-    /// Every rollout as etcd holds it now, and a watch from just after.
-    async fn snapshot(&self, client: &mut Client) -> Result<(WatchStream, i64), String> {
-        let prefix = self.key("rollouts/");
-        let r = timed(
-            "reading the rollouts",
-            client.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
-        let revision = r.header().map_or(0, |h| h.revision());
-        let changes = r
-            .kvs()
-            .iter()
-            .filter_map(|kv| self.rollout_of(kv.key(), Some(kv)))
-            .collect();
-        self.tell(Event::Rollouts {
-            changes,
-            snapshot: true,
-        })
-        .await;
-        let watch = timed(
-            "watching the rollouts",
-            client.watch(
-                prefix,
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(revision + 1),
-                ),
-            ),
-        )
-        .await?;
-        Ok((watch, revision))
-    }
-
-    /// A rollout key and value as the daemon takes it; a value that is not one is logged
-    /// and skipped (the daemon keeps what it had).
-    fn rollout_of(
-        &self,
-        key: &[u8],
-        kv: Option<&etcd_client::KeyValue>,
-    ) -> Option<(String, Option<Stored>)> {
-        let key = std::str::from_utf8(key).ok()?;
-        let service = key.strip_prefix(&self.key("rollouts/"))?.to_owned();
-        let Some(kv) = kv else {
-            return Some((service, None));
-        };
-        if kv.value().len() > MAX_VALUE_BYTES {
-            tracing::error!(
-                key,
-                bytes = kv.value().len(),
-                "a rollout value in etcd is too large; ignored"
-            );
-            return None;
-        }
-        match serde_json::from_slice::<StoredValue>(kv.value()) {
-            Ok(v) => Some((
-                service,
-                Some(Stored {
-                    state: v.state,
-                    revision: kv.mod_revision(),
-                    by: v.by,
-                }),
-            )),
-            Err(e) => {
-                tracing::error!(key, error = %e, "a rollout value in etcd is not one sluice wrote; ignored");
-                None
-            }
-        }
-    }
-
-    fn rollout_events(
-        &self,
-        r: Option<Result<etcd_client::WatchResponse, etcd_client::Error>>,
-    ) -> Result<Vec<(String, Option<Stored>)>, String> {
-        let r = watched("the rollouts", r)?;
-        Ok(r.events()
-            .iter()
-            .filter_map(|e| {
-                let kv = e.kv()?;
-                match e.event_type() {
-                    EventType::Put => self.rollout_of(kv.key(), Some(kv)),
-                    EventType::Delete => self.rollout_of(kv.key(), None),
-                }
-            })
-            .collect())
-    }
-
-    /// Becomes the leader if there is none; says who leads either way.
-    async fn campaign(&mut self, live: &mut Live) -> Result<(), String> {
-        let key = self.key("leader");
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.clone(),
-                self.node.clone(),
-                Some(PutOptions::new().with_lease(live.lease)),
-            )])
-            .or_else([TxnOp::get(key, None)]);
-        let r = timed("campaigning", live.client.txn(txn)).await?;
-        let was = live.term.is_some();
-        let (name, term) = if r.succeeded() {
-            (Some(self.node.clone()), r.header().map(|h| h.revision()))
-        } else {
-            let held = r.op_responses().into_iter().find_map(|op| match op {
-                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| {
-                    let ours = kv.lease() == live.lease;
-                    (
-                        String::from_utf8_lossy(kv.value()).into_owned(),
-                        ours.then(|| kv.create_revision()),
-                    )
-                }),
-                _ => None,
-            });
-            match held {
-                Some((name, term)) => (Some(name), term),
-                None => (None, None),
-            }
-        };
-        live.term = term;
-        let me = term.is_some();
-        if me && !was {
-            tracing::info!(node = %self.node, term = term.unwrap_or(0), "this node leads the cluster's rollouts");
-            live.evidence_watch = Some(self.load_evidence(&mut live.client).await?);
-        } else if !me && was {
-            tracing::warn!(node = %self.node, "this node no longer leads");
-            live.evidence_watch = None;
-            if let Ok(mut cache) = self.evidence.lock() {
-                cache.services.clear();
-            }
-        }
-        self.tell(Event::Leader { name, me }).await;
-        Ok(())
-    }
-
-    /// The leader's copy of every node's evidence, and a watch that keeps it.
-    async fn load_evidence(&self, client: &mut Client) -> Result<WatchStream, String> {
-        let prefix = self.key("evidence/");
-        let r = timed(
-            "reading the evidence",
-            client.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
-        let revision = r.header().map_or(0, |h| h.revision());
-        {
-            let mut cache = self.evidence.lock().map_err(|_| "evidence lock poisoned")?;
-            cache.services.clear();
-            for kv in r.kvs() {
-                self.take_evidence(&mut cache, kv, true);
-            }
-        }
-        timed(
-            "watching the evidence",
-            client.watch(
-                prefix,
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(revision + 1),
-                ),
-            ),
-        )
-        .await
-    }
-
-    fn take_evidence(&self, cache: &mut EvidenceCache, kv: &etcd_client::KeyValue, put: bool) {
-        let Some((service, node)) = std::str::from_utf8(kv.key())
-            .ok()
-            .and_then(|k| k.strip_prefix(&self.key("evidence/")))
-            .and_then(|rest| rest.split_once('/'))
-        else {
-            return;
-        };
-        let nodes = cache.services.entry(service.to_owned()).or_default();
-        if !put {
-            nodes.remove(node);
-            return;
-        }
-        if kv.value().len() > MAX_VALUE_BYTES {
-            return;
-        }
-        match serde_json::from_slice::<NodeEvidence>(kv.value()) {
-            Ok(e) if e.node == node && e.dense().is_ok() => {
-                nodes.insert(node.to_owned(), (kv.mod_revision(), e));
-            }
-            _ => tracing::warn!(
-                service,
-                node,
-                "evidence in etcd that is not a node's counters; ignored"
-            ),
-        }
-    }
-
-    fn evidence_events(
-        &self,
-        r: Option<Result<etcd_client::WatchResponse, etcd_client::Error>>,
-    ) -> Result<(), String> {
-        let r = watched("the evidence", r)?;
-        let mut cache = self.evidence.lock().map_err(|_| "evidence lock poisoned")?;
-        for e in r.events() {
-            if let Some(kv) = e.kv() {
-                self.take_evidence(&mut cache, kv, e.event_type() == EventType::Put);
-            }
-        }
-        Ok(())
-    }
-
-    /// A conditioned write of a rollout's state.
-    async fn write(&self, live: &mut Live, w: &Write) -> Result<i64, WriteError> {
-        let key = self.key(&format!("rollouts/{}", w.service));
-        let leader = self.key("leader");
-        let mut when = vec![Compare::mod_revision(
-            key.clone(),
-            CompareOp::Equal,
-            w.based_on,
-        )];
-        if w.as_leader {
-            let Some(term) = live.term else {
-                return Err(WriteError::NotLeader);
-            };
-            when.push(Compare::create_revision(
-                leader.clone(),
-                CompareOp::Equal,
-                term,
-            ));
-        }
-        let value = serde_json::to_string(&StoredValue {
-            by: self.node.clone(),
-            state: w.state.clone(),
-        })
-        .map_err(|e| WriteError::Unavailable(e.to_string()))?;
-        let txn = Txn::new()
-            .when(when)
-            .and_then([TxnOp::put(key, value, None)])
-            .or_else([TxnOp::get(leader, None)]);
-        let r = timed("writing a rollout", live.client.txn(txn))
-            .await
-            .map_err(WriteError::Unavailable)?;
-        if r.succeeded() {
-            return Ok(r.header().map_or(0, |h| h.revision()));
-        }
-        let still_leads = r.op_responses().into_iter().any(|op| match op {
-            TxnOpResponse::Get(g) => g
-                .kvs()
-                .first()
-                .is_some_and(|kv| Some(kv.create_revision()) == live.term),
-            _ => false,
-        });
-        if w.as_leader && !still_leads {
-            return Err(WriteError::NotLeader);
-        }
-        Err(WriteError::Conflict)
-    }
-
-    async fn read_evidence(
-        &self,
-        client: &mut Client,
-        service: &str,
-    ) -> Result<Vec<NodeEvidence>, String> {
-        let r = timed(
-            "reading the evidence",
-            client.get(
-                self.key(&format!("evidence/{service}/")),
-                Some(GetOptions::new().with_prefix()),
-            ),
-        )
-        .await?;
-        Ok(r.kvs()
-            .iter()
-            .filter(|kv| kv.value().len() <= MAX_VALUE_BYTES)
-            .filter_map(|kv| serde_json::from_slice::<NodeEvidence>(kv.value()).ok())
-            .collect())
-    }
-
-    /// Writes what changed of this node's evidence since the last publication, and deletes
-    /// what is no longer published; all under the lease.
-    async fn publish(&mut self, live: &mut Live) -> Result<(), String> {
-        let now = self.published.borrow_and_update().clone();
-        let mut ops = Vec::new();
-        let unix_ms = crate::rollout::unix_ms();
-        for (service, reading) in &now {
-            if live.written.get(service) == Some(reading) {
-                continue;
-            }
-            let e = NodeEvidence::new(&self.node, &self.config.labels, reading, unix_ms);
-            let value = serde_json::to_string(&e).map_err(|e| e.to_string())?;
-            ops.push(TxnOp::put(
-                self.key(&format!("evidence/{service}/{}", self.node)),
-                value,
-                Some(PutOptions::new().with_lease(live.lease)),
-            ));
-        }
-        for service in live.written.keys().filter(|s| !now.contains_key(*s)) {
-            ops.push(TxnOp::delete(
-                self.key(&format!("evidence/{service}/{}", self.node)),
-                None,
-            ));
-        }
-        // etcd takes at most 128 operations in one transaction.
-        for chunk in ops.chunks(100) {
-            timed(
-                "publishing evidence",
-                live.client.txn(Txn::new().and_then(chunk.to_vec())),
-            )
-            .await?;
-        }
-        live.written = now;
-        Ok(())
-    }
 }
 
-fn watched(
+pub(super) fn watched(
     what: &str,
     r: Option<Result<etcd_client::WatchResponse, etcd_client::Error>>,
 ) -> Result<etcd_client::WatchResponse, String> {
@@ -623,4 +334,32 @@ async fn next_evidence(
         Some(w) => w.next().await,
         None => std::future::pending().await,
     }
+}
+
+/// Every key under `prefix` as etcd holds it now, and a watch from just after that read, so
+/// that no change falls between the two.
+async fn range_then_watch(
+    client: &mut Client,
+    prefix: String,
+    what: &str,
+) -> Result<(GetResponse, WatchStream), String> {
+    let r = timed(
+        &format!("reading {what}"),
+        client.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+    )
+    .await?;
+    let revision = r.header().map_or(0, |h| h.revision());
+    let watch = timed(
+        &format!("watching {what}"),
+        client.watch(
+            prefix,
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1),
+            ),
+        ),
+    )
+    .await?;
+    Ok((r, watch))
 }

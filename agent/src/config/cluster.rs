@@ -93,7 +93,7 @@ pub struct ClusterConfig {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsConfig {
-    pub ca: Option<PathBuf>,
+    pub ca: PathBuf,
     pub identity: Option<(PathBuf, PathBuf)>,
     pub server_name: Option<String>,
 }
@@ -323,11 +323,15 @@ pub fn label(key: &str, k: &str, v: &str) -> Result<(), ConfigError> {
 }
 
 fn tls(raw: RawTls) -> Result<TlsConfig, ConfigError> {
-    let ca = raw
-        .ca
-        .as_deref()
-        .map(|p| absolute("cluster.tls.ca", p))
-        .transpose()?;
+    // The agent carries no root store (its image has none either): an etcd's members are
+    // signed by the cluster's own CA, which is named.
+    let Some(ca) = raw.ca.as_deref() else {
+        return Err(ConfigError::invalid(
+            "cluster.tls.ca",
+            "missing: name the PEM bundle of the CA that signs the members' certificates",
+        ));
+    };
+    let ca = absolute("cluster.tls.ca", ca)?;
     let identity = match (raw.cert, raw.key) {
         (Some(c), Some(k)) => Some((
             absolute("cluster.tls.cert", &c)?,
