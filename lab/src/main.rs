@@ -35,7 +35,7 @@ enum Command {
     /// and target/bench/report.json (about 12 minutes). Installs what it needs.
     Bench {
         /// A smoke run of about 40 seconds whose numbers mean nothing (`cargo xtask test`
-        /// runs it): writes target/bench-quick/ instead.
+        /// runs it), with the debug builds: writes target/bench-quick/ instead.
         #[arg(long)]
         quick: bool,
         /// Only the signal hooks' cost: HTTP rounds through direct, steering only and

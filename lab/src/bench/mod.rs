@@ -1,8 +1,8 @@
 //! `cargo xtask bench [--quick]`: sluice side by side with no steering, iptables, nftables,
 //! haproxy and Envoy, in one run, in a network namespace of its own. Writes
 //! `target/bench/report.md` and `target/bench/report.json` (`--quick` writes to
-//! `target/bench-quick/`: a smoke run whose numbers mean nothing). Every figure is also given as a ratio to the
-//! direct path measured in the same run.
+//! `target/bench-quick/`: a smoke run of the debug builds whose numbers mean nothing). Every
+//! figure is also given as a ratio to the direct path measured in the same run.
 
 mod agents;
 pub mod cluster;
@@ -105,7 +105,7 @@ pub const PARALLEL: u32 = 4;
 pub fn bench(quick: bool) -> anyhow::Result<()> {
     require_root()?;
     install()?;
-    let (sluice, probe) = crate::util::build_release_binaries()?;
+    let (sluice, probe) = crate::util::build_binaries(!quick)?;
     let root = workspace_root();
     let out_dir = root.join(if quick {
         "target/bench-quick"
