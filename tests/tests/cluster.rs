@@ -322,6 +322,19 @@ fn etcd_outages_fail_static_and_every_node_converges_after() {
         disconnected, [true; 3],
         "every node said it was disconnected"
     );
+    // ... and says so in its metrics and its log, leading no more.
+    assert_eq!(
+        c.cluster_gauges(),
+        vec![(Some(0.0), Some(0.0)); 3],
+        "sluice_cluster_connected, sluice_cluster_leader while etcd is down"
+    );
+    for n in &c.nodes {
+        assert!(
+            n.agent.log().contains("lost etcd"),
+            "{}: no log line",
+            n.name
+        );
+    }
     let canary_during = c.canary.seen().requests;
     assert!(canary_during > 0, "steering went on");
     for i in 0..3 {
@@ -348,6 +361,17 @@ fn etcd_outages_fail_static_and_every_node_converges_after() {
         std::thread::sleep(Duration::from_millis(50));
     };
     println!("etcd back: every node converged {converged:?} after the restart");
+    // Connected again, with one leader among them.
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let gauges = c.cluster_gauges();
+        let leaders: f64 = gauges.iter().filter_map(|g| g.1).sum();
+        if gauges.iter().all(|g| g.0 == Some(1.0)) && leaders == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < end, "after the outage: {gauges:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let results = c.stop_load();
     for (i, r) in results.iter().enumerate() {
         assert_eq!(r.failed(), 0, "node {i}'s clients: {r:?}");

@@ -9,7 +9,7 @@ use std::{
 use sluice_tests::{
     Agent, TestCgroup,
     etcd::EtcdCluster,
-    http::{Behaviour, HttpBackend},
+    http::{Behaviour, HttpBackend, Scraped},
     load::{Load, LoadResult},
     tag, unused_port,
 };
@@ -139,6 +139,22 @@ impl Cluster {
             assert!(Instant::now() < end, "no node leads after {timeout:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Every running node's `sluice_cluster_connected` and `sluice_cluster_leader`, as its
+    /// `/metrics` shows them.
+    pub fn cluster_gauges(&self) -> Vec<(Option<f64>, Option<f64>)> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let (m, _) = Scraped::fetch(n.agent.metrics_addr());
+                let gauge = |name: &str| m.0.get(&(name.to_owned(), Vec::new())).copied();
+                (
+                    gauge("sluice_cluster_connected"),
+                    gauge("sluice_cluster_leader"),
+                )
+            })
+            .collect()
     }
 
     /// The rollout's state as etcd holds it (read with etcdctl, not through sluice).
