@@ -245,7 +245,7 @@ impl Worker {
                             Ok(a) if a[0] == Ended::Yes => {
                                 ended.push((p.name.clone(), reason, How::Idle, false));
                             }
-                            Ok(a) => log_refusal(&p.name, a[0]),
+                            Ok(a) => a[0].warn_if_refused(&p.name),
                             Err(e) => {
                                 tracing::warn!(service = %p.name, error = %e, "ending a connection failed")
                             }
@@ -265,7 +265,7 @@ impl Worker {
                             if a == Ended::Yes {
                                 ended.push((name, reason, How::Grace, busy));
                             } else {
-                                log_refusal(&name, a);
+                                a.warn_if_refused(&name);
                             }
                         }
                     }
@@ -357,15 +357,5 @@ impl Worker {
             );
             let _ = self.reports.send(report);
         }
-    }
-}
-
-pub(super) fn log_refusal(service: &str, answer: Ended) {
-    if let Ended::Refused(errno) = answer {
-        tracing::warn!(
-            service,
-            error = %std::io::Error::from_raw_os_error(errno),
-            "the kernel refused to end a connection"
-        );
     }
 }

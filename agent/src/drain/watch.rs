@@ -9,7 +9,6 @@ use super::{
     diag::{Diag, Ended, TcpSocket},
     kernel::Kernel,
     plan::{self, How, Reason},
-    run::log_refusal,
 };
 
 /// While a drain waits on busy HTTP connections, each is looked at on its own this often,
@@ -46,7 +45,7 @@ pub(super) fn watch_busy(
                 Ok(a) if a[0] == Ended::Yes => {
                     ended.push((name.clone(), *reason, How::Idle, false));
                 }
-                Ok(a) => log_refusal(name, a[0]),
+                Ok(a) => a[0].warn_if_refused(name),
                 Err(e) => tracing::warn!(service = %name, error = %e, "ending a connection failed"),
             }
             false

@@ -101,6 +101,19 @@ pub enum Ended {
     Refused(i32),
 }
 
+impl Ended {
+    /// Logs a refusal: the kernel said why it would not end the connection.
+    pub fn warn_if_refused(self, service: &str) {
+        if let Ended::Refused(errno) = self {
+            tracing::warn!(
+                service,
+                error = %io::Error::from_raw_os_error(errno),
+                "the kernel refused to end a connection"
+            );
+        }
+    }
+}
+
 impl Diag {
     /// A socket in the calling thread's network namespace.
     pub fn open() -> io::Result<Self> {
