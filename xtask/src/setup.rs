@@ -183,31 +183,42 @@ pub fn image_tools() -> anyhow::Result<()> {
         eprintln!("setup: adding the {} target", crate::image::TARGET);
         run(rustup().args(["target", "add", crate::image::TARGET]))?;
     }
-    let missing: Vec<&str> = [
+    let missing = packages_of_missing(&[
         ("x86_64-linux-musl-gcc", "musl-tools"),
         ("umoci", "umoci"),
         ("skopeo", "skopeo"),
         ("crun", "crun"),
         ("curl", "curl"),
-    ]
-    .into_iter()
-    .filter(|(bin, _)| {
-        !Command::new("sh")
-            .args(["-c", &format!("command -v {bin}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-    .map(|(_, package)| package)
-    .collect();
-    if !missing.is_empty() {
-        eprintln!("setup: installing {} (Debian)", missing.join(", "));
-        run(Command::new("apt-get").args(["update", "-qq"]))?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    ]);
+    if missing.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    apt_install(&missing)
+}
+
+/// The Debian packages of the commands, of `(command, package)`, that are not on PATH.
+fn packages_of_missing(tools: &[(&str, &'static str)]) -> Vec<&'static str> {
+    let mut packages: Vec<&'static str> = tools
+        .iter()
+        .filter(|(bin, _)| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {bin}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    packages.dedup();
+    packages
+}
+
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    eprintln!("setup: installing {} (Debian)", packages.join(", "));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 /// The Kubernetes manifest validator (PyPI), in a virtualenv of its own that outlives
@@ -252,7 +263,7 @@ fn bpffs() -> anyhow::Result<()> {
 /// for their network namespaces; etcd for the cluster tests, and protoc with its well-known
 /// types to build the etcd client. Nothing is started here.
 fn debian_tools() -> anyhow::Result<()> {
-    let mut missing: Vec<&str> = [
+    let mut missing = packages_of_missing(&[
         ("bpftool", "bpftool"),
         ("prometheus", "prometheus"),
         ("promtool", "prometheus"),
@@ -264,16 +275,7 @@ fn debian_tools() -> anyhow::Result<()> {
         ("etcd", "etcd-server"),
         ("etcdctl", "etcd-client"),
         ("protoc", "protobuf-compiler"),
-    ]
-    .iter()
-    .filter(|(bin, _)| {
-        !Command::new("sh")
-            .args(["-c", &format!("command -v {bin}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-    .map(|(_, pkg)| *pkg)
-    .collect();
+    ]);
     // The drain tests' pooled client: urllib3 for Debian's own interpreter.
     let urllib3 = Command::new("/usr/bin/python3")
         .args(["-c", "import urllib3"])
@@ -289,17 +291,10 @@ fn debian_tools() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let mut packages = missing;
-    packages.dedup();
-    eprintln!("setup: installing {} (Debian)", packages.join(", "));
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
     // Debian starts a package's service on install (named on port 53, Prometheus on 9090)
     // where an init system runs; the tests start their own, so none is started here.
     let _no_services = NoServiceStarts::hold()?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&packages)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    apt_install(&missing)
 }
 
 /// A policy-rc.d that refuses every service start (exit 101, Debian's "action forbidden"),

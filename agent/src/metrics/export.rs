@@ -368,7 +368,7 @@ fn health_series(f: &mut Families, h: &AgentHealth) {
     if let Some(c) = h.cluster {
         f.gauge(
             "sluice_cluster_connected",
-            "Cluster mode: 1 while this node's session with etcd is up; 0 while it fails static (keeps its shares, lowers them only through its guards).",
+            "Cluster mode: 1 while this node is connected to etcd; 0 while it fails static (keeps its shares, lowers them only through its guards).",
             Vec::new(),
             if c.connected { 1.0 } else { 0.0 },
         );
