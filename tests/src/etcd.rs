@@ -251,7 +251,7 @@ impl EtcdCluster {
     }
 
     /// Waits until `etcdctl endpoint health` passes for every running member.
-    pub fn wait_healthy(&self, timeout: Duration) {
+    pub fn wait_healthy(&mut self, timeout: Duration) {
         let end = Instant::now() + timeout;
         let running: Vec<String> = self
             .members
@@ -270,13 +270,37 @@ impl EtcdCluster {
             if ok {
                 return;
             }
+            if let Some((name, status)) = self.exited_member() {
+                panic!(
+                    "etcd member {name} exited while starting ({status}); its log ends:\n{}",
+                    self.log_tail(&name)
+                );
+            }
             assert!(
                 Instant::now() < end,
-                "etcd did not become healthy in {timeout:?}; logs under {}",
-                self.root.display()
+                "etcd did not become healthy in {timeout:?}; logs under {}; m0's ends:\n{}",
+                self.root.display(),
+                self.log_tail("m0")
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The name of a member this test started that is no longer running.
+    fn exited_member(&mut self) -> Option<(String, std::process::ExitStatus)> {
+        self.members.iter_mut().find_map(|m| {
+            let status = m.child.as_mut()?.try_wait().ok()??;
+            m.child = None;
+            Some((m.name.clone(), status))
+        })
+    }
+
+    /// The last lines of member `name`'s log, for a failure message.
+    fn log_tail(&self, name: &str) -> String {
+        let log =
+            std::fs::read_to_string(self.root.join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
     /// `etcdctl get KEY --print-value-only`, for what the test reads of the cluster itself.

@@ -13,6 +13,7 @@ pub mod http;
 pub mod load;
 pub mod pki;
 pub mod pool;
+pub mod ports;
 pub mod schema;
 
 use std::{net::SocketAddr, process::Command};
@@ -35,6 +36,7 @@ pub const CGROUP_PROGRAMS_STEERING_ONLY: [&str; 5] = [
 pub const ADOPTED_LINKS: usize = CGROUP_PROGRAMS + 4;
 pub use backend::Backend;
 pub use cgroup::TestCgroup;
+pub use ports::unused_port;
 
 /// Whether a test that needs root may run. Without root it says so and skips, unless
 /// `CI=true`, where skipping would hide that nothing was tested: then it fails.
@@ -231,12 +233,6 @@ fn probe_result(v: &serde_json::Value) -> ProbeResult {
 pub fn z_score(k: u64, n: u64, p: f64) -> f64 {
     let n_f = n as f64;
     (k as f64 - n_f * p) / (n_f * p * (1.0 - p)).sqrt()
-}
-
-/// A port nothing listens on at `ip` right now (for virtual addresses: nothing must).
-pub fn unused_port(ip: &str) -> u16 {
-    let l = std::net::TcpListener::bind((ip, 0)).expect("bind for a free port");
-    l.local_addr().expect("local addr").port()
 }
 
 /// An address on `ip` with a port free now (for a virtual address).
