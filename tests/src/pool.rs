@@ -71,12 +71,13 @@ impl PooledClient {
     /// evenly over the connections, so the request share is the connections' share.
     pub fn start_per_thread(
         cgroup: &TestCgroup,
+        netns: Option<&Netns>,
         target: SocketAddr,
         pool: u32,
         rate: f64,
         seconds: f64,
     ) -> Self {
-        Self::start_shaped(cgroup, None, target, pool, rate, seconds, "per-thread")
+        Self::start_shaped(cgroup, netns, target, pool, rate, seconds, "per-thread")
     }
 
     fn start_shaped(
