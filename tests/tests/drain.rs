@@ -104,9 +104,10 @@ fn drained_total(agent: &Agent, service: &str, reason: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
-/// A pool of 8 threads with a connection each at 200 requests/s, a canary that starts failing 1 in 3, the rollout rolling
-/// back (the guard, or failing early). The client and its servers live in a network namespace of
-/// their own (as a pod's do), found only through the client's process.
+/// A pool of 8 threads with a connection each at 200 requests/s, a canary that starts
+/// failing 1 in 3, the rollout rolling back (the guard, or failing early). The client and its
+/// servers live in a network namespace of their own (as a pod's do), found only through the
+/// client's process.
 #[test]
 fn a_rollback_reaches_a_pooled_client_in_its_own_namespace() {
     let test = "a_rollback_reaches_a_pooled_client_in_its_own_namespace";
