@@ -90,7 +90,8 @@ pub fn demo(interrupted: &AtomicBool) -> anyhow::Result<()> {
         let mut step = 0;
         for (i, n) in nodes.iter().enumerate() {
             if !n.agent.answers() {
-                line += &format!(" | {:<7} (killed)           ", n.name);
+                // As wide as a live node's cell, so the columns stay aligned.
+                line += &format!(" | {:<7}{:<15}", n.name, " (killed)");
                 continue;
             }
             let status = n.agent.status();
