@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use harness::{Cluster, RATE, TTL_S, count, phase, rollout};
 use sluice_tests::{
     etcd::Relay,
-    http::Behaviour,
+    http::{Behaviour, Scraped},
     load::{Load, LoadResult},
     root_or_skip, tag,
 };
@@ -174,6 +174,35 @@ fn a_canary_failing_one_nodes_callers_is_caught_on_the_clusters_evidence() {
         } else {
             assert_eq!(client_503, 0, "n{i}'s callers saw no failure");
         }
+        // ... and exactly what that node's own /metrics show, version by version.
+        let (m, _) = Scraped::fetch(c.nodes[i].agent.metrics_addr());
+        let mut samples = 0;
+        for version in ["stable", "canary"] {
+            let of = |name: &str, more: &[(&str, &str)]| {
+                let mut want = vec![("service", "web"), ("version", version)];
+                want.extend_from_slice(more);
+                m.get(name, &want)
+            };
+            let failed_connects = of("sluice_connections_failed_total", &[]);
+            let published = (
+                row[format!("{version}_samples")].as_u64(),
+                row[format!("{version}_errors")].as_u64(),
+            );
+            let scraped = (
+                of("sluice_http_requests_total", &[]) + failed_connects,
+                of("sluice_http_responses_total", &[("class", "5xx")])
+                    + of("sluice_http_incomplete_requests_total", &[])
+                    + failed_connects,
+            );
+            assert_eq!(
+                published,
+                (Some(scraped.0), Some(scraped.1)),
+                "n{i} {version}: {row:#}"
+            );
+            samples += scraped.0;
+        }
+        // Every request the node's clients made, once.
+        assert_eq!(samples, r.requests(), "n{i}: {r:?}");
     }
     assert_eq!(c.shares(), vec![Some(0.0); 3]);
 }
