@@ -48,7 +48,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Points `OUT_DIR/aya-build/target/<package>`, where aya-build builds, at
-/// `<target>/<package>`.
+/// `<target>/<package>`. That is aya-build 0.2.0's layout (the workspace pins it); under
+/// another the link goes unused and every build compiles the programs again, still correct.
 fn share_kernel_build(package: &str, target_dir: &Path) -> anyhow::Result<()> {
     let out_dir = std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?;
     let shared = target_dir.join(package);
