@@ -229,46 +229,59 @@ struct Row {
     median_seconds: f64,
 }
 
+/// Every case's runs, a thread per case (the runs are seeded and share nothing but the
+/// configuration, which the simulation never saves to), rows in the order of `cases()`.
 fn characterise(runs: u32) -> Vec<Row> {
     let dir = Scratch::new();
     let cfg = config(DEFAULTS, &dir.0.join("state.json"));
-    cases()
-        .into_iter()
-        .enumerate()
-        .map(|(i, case)| {
-            let mut row = Row {
-                name: case.name,
-                faulty: case.faulty,
-                promoted: 0,
-                rolled_back: 0,
-                undecided: 0,
-                median_seconds: f64::NAN,
-            };
-            let mut times = Vec::new();
-            for r in 0..runs {
-                let seed = (i as u64) << 32 | u64::from(r);
-                let (end, at) = run(seed, case.stable, case.canary, &cfg);
-                match end {
-                    End::Promoted => row.promoted += 1,
-                    End::RolledBack => row.rolled_back += 1,
-                    End::Undecided => row.undecided += 1,
-                }
-                let right = if case.faulty {
-                    End::RolledBack
-                } else {
-                    End::Promoted
-                };
-                if end == right {
-                    times.push(at);
-                }
-            }
-            times.sort_by(f64::total_cmp);
-            if !times.is_empty() {
-                row.median_seconds = times[times.len() / 2];
-            }
-            row
-        })
-        .collect()
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = cases()
+            .into_iter()
+            .enumerate()
+            .map(|(i, case)| {
+                let cfg = &cfg;
+                scope.spawn(move || characterise_case(i, &case, runs, cfg))
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("a simulated case panicked"))
+            .collect()
+    })
+}
+
+fn characterise_case(i: usize, case: &Case, runs: u32, cfg: &Config) -> Row {
+    let mut row = Row {
+        name: case.name,
+        faulty: case.faulty,
+        promoted: 0,
+        rolled_back: 0,
+        undecided: 0,
+        median_seconds: f64::NAN,
+    };
+    let right = if case.faulty {
+        End::RolledBack
+    } else {
+        End::Promoted
+    };
+    let mut times = Vec::new();
+    for r in 0..runs {
+        let seed = (i as u64) << 32 | u64::from(r);
+        let (end, at) = run(seed, case.stable, case.canary, cfg);
+        match end {
+            End::Promoted => row.promoted += 1,
+            End::RolledBack => row.rolled_back += 1,
+            End::Undecided => row.undecided += 1,
+        }
+        if end == right {
+            times.push(at);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    if !times.is_empty() {
+        row.median_seconds = times[times.len() / 2];
+    }
+    row
 }
 
 fn table(rows: &[Row], runs: u32) -> String {
