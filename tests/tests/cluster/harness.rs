@@ -157,6 +157,27 @@ impl Cluster {
             .collect()
     }
 
+    /// Node `i`'s samples and errors of `web`'s stable and canary versions, in that order,
+    /// from one scrape of its `/metrics`, by the evidence's definition: requests and failed
+    /// connects; 5xx, incomplete requests and failed connects.
+    pub fn evidence_in_metrics(&self, i: usize) -> [(u64, u64); 2] {
+        let (m, _) = Scraped::fetch(self.nodes[i].agent.metrics_addr());
+        ["stable", "canary"].map(|version| {
+            let of = |name: &str, more: &[(&str, &str)]| {
+                let mut want = vec![("service", "web"), ("version", version)];
+                want.extend_from_slice(more);
+                m.get(name, &want)
+            };
+            let failed_connects = of("sluice_connections_failed_total", &[]);
+            (
+                of("sluice_http_requests_total", &[]) + failed_connects,
+                of("sluice_http_responses_total", &[("class", "5xx")])
+                    + of("sluice_http_incomplete_requests_total", &[])
+                    + failed_connects,
+            )
+        })
+    }
+
     /// The rollout's state as etcd holds it (read with etcdctl, not through sluice).
     pub fn stored(&self) -> serde_json::Value {
         self.stored_now().expect("etcd holds the rollout")
